@@ -76,9 +76,10 @@ class HFCritic:
     """A local causal LM (any HF name or path, or the policy itself for self-critique)."""
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 512, temperature: float = 0.7,
-                 top_p: float = 0.75, batch_size: int = 32):
+                 top_p: float = 0.75, **gen_kw):
+        """gen_kw: rollout.generate's batch_size / merge_lora / static_cache."""
         self.model, self.tokenizer = model, tokenizer
-        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size)
+        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **gen_kw)
 
     def __call__(self, conversations: list[list[dict]]) -> list[str | None]:
         import rollout

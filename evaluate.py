@@ -282,12 +282,13 @@ def table(results: dict[str, dict]) -> str:
 
 
 def evaluate_accuracy(model, tokenizer, rows: list[dict], checker: AnswerChecker, *, max_new_tokens: int,
-                      batch_size: int = 64) -> tuple[float, list[dict]]:
-    """Greedy pass@1 on rows (train.py's held-out evaluation); returns accuracy and one record per row."""
+                      **gen_kw) -> tuple[float, list[dict]]:
+    """Greedy pass@1 on rows (train.py's held-out evaluation); returns accuracy and one record per row.
+    gen_kw: rollout.generate's batch_size / merge_lora / static_cache."""
     import rollout
     prompts = [rollout.question_ids(tokenizer, r["question"]) for r in rows]
     responses = rollout.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0,
-                                 batch_size=batch_size, desc="eval")
+                                 desc="eval", **gen_kw)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     scores = grade(rows, texts, checker)
     return sum(scores) / max(len(scores), 1), [record(r, t, c) for r, t, c in zip(rows, texts, scores)]
@@ -317,7 +318,7 @@ def main(argv=None):
     ap.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling when temperature > 0")
     ap.add_argument("--limit", type=int, default=None, help="the first N rows of each benchmark")
     ap.add_argument("--max_new_tokens", type=int, default=1024)
-    ap.add_argument("--batch_size", type=int, default=64)
+    ap.add_argument("--batch_size", type=int, default=0, help="sequences per generate call (0 = by memory)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     ap.add_argument("--seed", type=int, default=0, help="sampling and GPQA option order")
     ap.add_argument("--output_dir", default="eval_results", help="results.json and generations.jsonl go here")
@@ -325,8 +326,8 @@ def main(argv=None):
     if args.samples:
         args.runs = args.samples
         args.temperature = args.temperature if args.temperature > 0 else 0.6
-    if args.runs < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
-        raise SystemExit("error: --runs, --batch_size and --max_new_tokens must be >= 1")
+    if args.runs < 1 or args.batch_size < 0 or args.max_new_tokens < 1:
+        raise SystemExit("error: --runs and --max_new_tokens must be >= 1, --batch_size >= 0")
     if args.data is None and args.benchmarks is None:
         args.data = "data/test.jsonl"
     import data
@@ -357,7 +358,7 @@ def main(argv=None):
                                                       device="cuda" if torch.cuda.is_available() else "cpu")
         if args.adapter:
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, args.adapter)
+            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()  # nothing trains here
         # one length-sorted generate call per run over every benchmark's prompts, split back afterwards
         prompts = [rollout.question_ids(tok, r["question"]) for rows in bench.values() for r in rows]
         runs = []
@@ -366,7 +367,8 @@ def main(argv=None):
                 runs.append(runs[0])
                 continue
             ids = rollout.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                   top_p=args.top_p, batch_size=args.batch_size, desc=f"run {j + 1}/{args.runs}")
+                                   top_p=args.top_p, batch_size=args.batch_size, desc=f"run {j + 1}/{args.runs}",
+                                   static_cache=torch.cuda.is_available())
             runs.append(tok.batch_decode(ids, skip_special_tokens=True))
         generations, offset = {}, 0
         for name, rows in bench.items():

@@ -8,6 +8,7 @@ R response columns only (`logits_to_keep`), never for the prompt.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -80,16 +81,23 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "cpu",
-                             trust_remote_code: bool = False):
-    """Load a causal LM and its tokenizer from a hub name, a local directory, or `embedded`."""
+                             trust_remote_code: bool = False, load_in_4bit: bool = False):
+    """Load a causal LM and its tokenizer from a hub name, a local directory, or `embedded`.
+    load_in_4bit: NF4 weights with double quantization (bitsandbytes), computing in `dtype` (QLoRA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     path = embedded_model_dir() if name == EMBEDDED_MODEL else name
+    quant = {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+        quant = dict(device_map={"": device}, quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=resolve_dtype(dtype)))
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype),
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, **quant)
     except (OSError, ValueError) as e:  # missing dir, unknown hub name, no network, remote code refused
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ("the model ships its own code: pass --trust_remote_code if you trust it" if "trust_remote_code" in str(e)
@@ -99,7 +107,7 @@ def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "c
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         raise SystemExit(f"error: the tokenizer of --model {name} has no chat template; use an instruct/chat model")
-    return model.to(device), tok
+    return (model if load_in_4bit else model.to(device)), tok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,13 +145,71 @@ def cut_at_eos(tokens: list[int], eos: list[int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
+def _lora_layers(model):
+    from peft.tuners.lora import LoraLayer
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+@contextlib.contextmanager
+def lora_merged(model):
+    """Generate with W' = W + s*B@A (one matmul per linear) instead of W x + s*B(A x) (three more
+    kernels per linear per decode step). On exit the saved W is copied back, so training continues
+    on bit-identical base weights (merge-then-subtract would drift by a rounding each rollout in
+    bf16). Costs a copy of the adapted weights while generating. A no-op for models without LoRA
+    and for quantized (QLoRA) bases, whose 4-bit weights cannot take the merge."""
+    from peft.tuners.lora import Linear as LoraLinear
+    layers = _lora_layers(model)
+    if not layers or not all(type(m) is LoraLinear and type(m.base_layer) is torch.nn.Linear for m in layers):
+        yield
+        return
+    saved = []
+    with torch.no_grad():
+        for m in layers:
+            w = m.base_layer.weight
+            saved.append(w.detach().clone())
+            for name in m.active_adapters:
+                w += m.get_delta_weight(name).to(w.dtype)
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        with torch.no_grad():
+            for m, w in zip(layers, saved):
+                m.base_layer.weight.copy_(w)
+
+
+def kv_bytes_per_token(model) -> int:
+    c = model.config.get_text_config()
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    n_kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return 2 * c.num_hidden_layers * n_kv * head_dim * next(model.parameters()).element_size()
+
+
+def auto_batch_size(model, seq_len: int, memory_fraction: float = 0.5, cap: int = 512) -> int:
+    """Sequences per generate call that fit `memory_fraction` of free memory: the KV cache of
+    seq_len tokens plus the float32 logits and sampling buffers of one decode step (~3 x vocab)."""
+    per_seq = seq_len * kv_bytes_per_token(model) + 3 * 4 * model.config.get_text_config().vocab_size
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(max(1, min(cap, memory_fraction * free // per_seq)))
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-             top_p: float = 1.0, batch_size: int = 64, desc: str = "generate") -> list[list[int]]:
+             top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False, static_cache: bool = False,
+             desc: str = "generate") -> list[list[int]]:
     """One response per prompt (repeat a prompt n times for n samples). temperature 0 = greedy.
 
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
-    back in the input order. Each response is cut after its first EOS (EOS kept).
+    back in the input order. Each response is cut after its first EOS (EOS kept); `generate` stops
+    as soon as every sequence of a batch has produced one. batch_size 0 = as many as fit in memory.
+    merge_lora: see `lora_merged`. static_cache: a preallocated KV cache, which transformers compiles
+    (CUDA graphs) on GPU; prompt lengths and batches are padded to powers of two (prompts to >= 64), so
+    a run compiles a handful of shapes once instead of new ones every step. The padded rows take random
+    draws, so sampled tokens differ from the dynamic-cache path (greedy ones do not).
     """
     from transformers import GenerationConfig
     eos = eos_ids(tokenizer, model)
@@ -153,24 +219,38 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     # A fresh config: the model's own generation_config may carry top_k=50, repetition penalties...
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, eos_token_id=eos,
                                pad_token_id=pad, **({} if greedy else dict(temperature=temperature,
-                                                                            top_p=top_p, top_k=0)))
+                                                                            top_p=top_p, top_k=0)),
+                               **(dict(cache_implementation="static") if static_cache else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    longest = max((len(p) for p in prompts), default=0)
+    batch_size = batch_size or auto_batch_size(model, _pow2(max(longest, 64)) + max_new_tokens)
     out: list[list[int] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
-    for s in tqdm(range(0, len(order), batch_size), desc=f"{desc} ({len(prompts)} seqs)", leave=False):
-        idx = order[s: s + batch_size]
-        P = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), P), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), P), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, P - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, P - len(prompts[i]):] = 1
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
-        for r, i in enumerate(idx):
-            out[i] = cut_at_eos(seqs[r, P:].tolist(), eos)
+    if static_cache:  # each bucketed shape is one compiled graph; the default limit (8) would fall back to eager
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    with lora_merged(model) if merge_lora else contextlib.nullcontext():
+        for s in tqdm(range(0, len(order), batch_size), desc=f"{desc} ({len(prompts)} seqs)", leave=False):
+            idx = order[s: s + batch_size]
+            P = max(len(prompts[i]) for i in idx)
+            rows = len(idx)
+            if static_cache:  # fixed shapes: padded rows are copies of the first prompt, dropped below
+                P, rows = _pow2(max(P, 64)), min(_pow2(len(idx)), max(batch_size, len(idx)))
+            ids = torch.full((rows, P), pad, dtype=torch.long)
+            mask = torch.zeros((rows, P), dtype=torch.long)
+            for r in range(rows):
+                p = prompts[idx[r] if r < len(idx) else idx[0]]
+                ids[r, P - len(p):] = torch.tensor(p)
+                mask[r, P - len(p):] = 1
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+            for r, i in enumerate(idx):
+                out[i] = cut_at_eos(seqs[r, P:].tolist(), eos)
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,18 +275,72 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: i
                 response_ids=input_ids[:, P:].clone(), response_mask=response_mask)
 
 
-def response_logits(model, input_ids, attention_mask, R: int, temperature: float = 1.0):
-    """Logits (N, R, V) that predict the R response tokens. Positions come from the mask, as in
-    `generate`, so left padding does not shift them. Dividing by the sampling temperature makes
-    log-probs those of the distribution the tokens were drawn from (as verl does)."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=R + 1, use_cache=False).logits[:, :-1]  # (N, R, V)
-    assert logits.shape[1] == R
-    return logits.float() / temperature if temperature > 0 else logits.float()
+def micro_batches(prompt_lens: list[int], response_lens: list[int], token_budget: int) -> list[list[int]]:
+    """Split sequence indices into micro-batches of at most `token_budget` padded tokens, rows x (longest
+    prompt + longest response) as `pack` lays them out, longest first; sorting keeps the padding small.
+    A sequence longer than the budget goes alone."""
+    order = sorted(range(len(prompt_lens)), key=lambda i: -(prompt_lens[i] + response_lens[i]))
+    out: list[list[int]] = []
+    for i in order:
+        mb = out[-1] if out else []
+        width = max([prompt_lens[j] for j in mb + [i]]) + max([response_lens[j] for j in mb + [i]])
+        if mb and (len(mb) + 1) * width <= token_budget:
+            mb.append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def response_logprobs(model, input_ids, attention_mask, response_ids, response_mask, *, temperature: float = 1.0,
+                      chunk_tokens: int = 1024, entropy: bool = True):
+    """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each.
+
+    Never holds the (N, R, V) float32 logits (the memory peak of a GRPO update with Qwen's 152k
+    vocabulary): the backbone's hidden states at the response tokens are projected through the LM
+    head `chunk_tokens` tokens at a time, and under autograd each chunk is recomputed in backward
+    (checkpoint), so the peak is one chunk's logits. Padding columns are cut off first and padded
+    response tokens never reach the LM head. Positions come from the mask, as in `generate`, so left
+    padding does not shift them. Dividing by the sampling temperature makes log-probs those of the
+    distribution the tokens were drawn from (as verl does).
+    """
+    import loss as L
+    N, R = response_ids.shape
+    P = input_ids.shape[1] - R
+    first = int(attention_mask.any(0).nonzero()[0]) if attention_mask.any() else 0  # leading all-pad columns
+    r = max(int(response_mask.sum(1).max()), 1)                                     # trailing all-pad columns
+    ids, am = input_ids[:, first: P + r], attention_mask[:, first: P + r]
+    position_ids = (am.cumsum(-1) - 1).clamp(min=0)
+    backbone, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = backbone(input_ids=ids, attention_mask=am, position_ids=position_ids,
+                      use_cache=False).last_hidden_state[:, -r - 1:-1]               # (N, r, H): predicts y_1..y_r
+    keep = response_mask[:, :r].bool()
+    h, y = hidden[keep], response_ids[:, :r][keep]                                  # (T, H), (T,)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def head_chunk(h_c, y_c):
+        logits = head(h_c).float()                                                  # (t, V)
+        if softcap:  # Gemma-2 style
+            logits = softcap * torch.tanh(logits / softcap)
+        if temperature > 0:
+            logits = logits / temperature
+        return token_logprobs(logits, y_c), (L.entropy(logits) if entropy else torch.zeros_like(y_c, dtype=logits.dtype))
+
+    parts = []
+    for s in range(0, h.shape[0], chunk_tokens):
+        args = (h[s: s + chunk_tokens], y[s: s + chunk_tokens])
+        # one chunk peaks the same with or without recomputation: checkpoint only when there are several
+        recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk_tokens
+        parts.append(torch.utils.checkpoint.checkpoint(head_chunk, *args, use_reentrant=False)
+                     if recompute else head_chunk(*args))
+    logp = torch.zeros((N, R), device=h.device, dtype=torch.float32)
+    ent = torch.zeros((N, R), device=h.device, dtype=torch.float32)
+    if parts:
+        logp[:, :r] = logp[:, :r].masked_scatter(keep, torch.cat([p[0] for p in parts]))
+        ent[:, :r] = ent[:, :r].masked_scatter(keep, torch.cat([p[1] for p in parts]))
+    return logp, ent
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log pi(token) from logits (N, R, V) and tokens (N, R) -> (N, R), without keeping a full
-    (N, R, V) log-softmax: logsumexp is reduced at once, only the chosen logit is gathered."""
+    """log pi(token) from logits (..., V) and tokens (...) -> (...), without keeping a full
+    log-softmax: logsumexp is reduced at once, only the chosen logit is gathered."""
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

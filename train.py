@@ -132,6 +132,8 @@ class Config:
     # ---- optimisation ----
     lora: bool = True
     """train a LoRA adapter (peft); --no-lora = full fine-tuning"""
+    load_in_4bit: bool = False
+    """QLoRA: the policy's frozen base weights in 4-bit NF4 (bitsandbytes), LoRA on top (needs --lora)"""
     lora_r: int = 16
     """LoRA rank"""
     lora_alpha: int = 32
@@ -144,10 +146,19 @@ class Config:
     """gradient-norm clip; steps with a non-finite norm are skipped"""
     updates_per_batch: int = 1
     """optimizer steps per rollout batch (released: 2); >1 recomputes old log-probs first"""
-    micro_batch_size: int = 8
-    """sequences per forward/backward pass (the loss does not depend on it)"""
-    gen_batch_size: int = 64
-    """sequences per generate call"""
+    micro_batch_tokens: int = 1536
+    """padded tokens (sequences x longest prompt+response) per forward/backward pass; sequences are sorted by
+    length first (the loss does not depend on it)"""
+    logprob_chunk: int = 1024
+    """response tokens per LM-head chunk: log-probs never hold the full (tokens x vocabulary) logits"""
+    gradient_checkpointing: bool = False
+    """recompute each layer's activations in backward: less memory, ~30% more update time"""
+    gen_batch_size: int = 0
+    """sequences per generate call (0 = as many as fit in half the free memory)"""
+    merge_lora: bool = True
+    """sample with the LoRA merged into the weights (the base weights are restored bit-exactly after)"""
+    static_cache: Optional[bool] = None
+    """sample with a static KV cache, which transformers compiles on GPU (none = on with CUDA)"""
 
     # ---- loop ----
     max_steps: int = 10
@@ -162,7 +173,8 @@ class Config:
 
 # fields that may change between a run and its --resume without changing what is trained
 RESUMABLE_CHANGES = {"resume", "overwrite", "allow_config_change", "max_steps", "eval_every", "save_every",
-                     "samples_every", "eval_limit", "gen_batch_size", "micro_batch_size"}
+                     "samples_every", "eval_limit", "gen_batch_size", "micro_batch_tokens", "logprob_chunk",
+                     "gradient_checkpointing", "merge_lora", "static_cache"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +203,8 @@ def parse_config(argv=None) -> Config:
             kw["choices"] = get_args(t)
         else:
             kw["type"] = (lambda s, t=t: None if s.lower() == "none" else t(s)) if optional else t
-        ap.add_argument(f"--{f.name}", default=f.default, help=f"{docs.get(f.name, '')} (default: {f.default})", **kw)
+        doc = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")  # argparse formats help with %
+        ap.add_argument(f"--{f.name}", default=f.default, help=doc, **kw)
     return Config(**vars(ap.parse_args(argv)))
 
 
@@ -208,9 +221,13 @@ def validate(cfg: Config):
     if cfg.prompts_per_step % cfg.updates_per_batch:
         problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by "
                         f"--updates_per_batch {cfg.updates_per_batch}")
-    for name in ("prompts_per_step", "n_init", "max_new_tokens", "micro_batch_size", "gen_batch_size", "max_steps"):
+    for name in ("prompts_per_step", "n_init", "max_new_tokens", "micro_batch_tokens", "logprob_chunk", "max_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} must be >= 1")
+    if cfg.load_in_4bit and not cfg.lora:
+        problems.append("--load_in_4bit trains a LoRA adapter on frozen 4-bit weights: drop --no-lora")
+    if cfg.gen_batch_size < 0:
+        problems.append("--gen_batch_size must be >= 0 (0 = by memory)")
     if problems:
         raise SystemExit("error: " + "\n       ".join(problems))
 
@@ -303,11 +320,11 @@ def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]
     return out
 
 
-def forward_logp(model, batch: dict, idx: torch.Tensor, R: int, temperature: float, device):
-    """Logits (n, R, V) and log-probs (n, R) of the packed sequences `idx` under `model`."""
-    logits = rollout.response_logits(model, batch["input_ids"][idx].to(device),
-                                     batch["attention_mask"][idx].to(device), R, temperature)
-    return logits, rollout.token_logprobs(logits, batch["response_ids"][idx].to(device))
+def forward_logp(model, batch: dict, idx: list[int], temperature: float, chunk: int, device, entropy: bool = True):
+    """Log-probs and entropies (n, R) of the packed sequences `idx` under `model`."""
+    return rollout.response_logprobs(model, *(batch[k][idx].to(device) for k in (
+        "input_ids", "attention_mask", "response_ids", "response_mask")), temperature=temperature,
+        chunk_tokens=chunk, entropy=entropy)
 
 
 def policy_tokens(tok, text: str, R: int) -> list[int]:
@@ -350,7 +367,8 @@ def main(argv=None):
     eval_rows = data.load_rows(cfg.eval_data, cfg.question_key, cfg.answer_key, cfg.solution_key)
     eval_rows = eval_rows[: cfg.eval_limit or None]
     policy, tok = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
-                                                   trust_remote_code=cfg.trust_remote_code)
+                                                   trust_remote_code=cfg.trust_remote_code,
+                                                   load_in_4bit=cfg.load_in_4bit)
     n_rows = len(train_rows)  # a prompt that leaves no room for the response cannot be trained on
     room = cfg.max_context - cfg.max_new_tokens
     train_rows = [r for r in train_rows if len(rollout.question_ids(tok, r["question"])) <= room]
@@ -360,6 +378,8 @@ def main(argv=None):
     if not train_rows:
         raise SystemExit("error: no training question fits --max_context; raise it or lower --max_new_tokens")
     ref_model = None
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
@@ -370,6 +390,8 @@ def main(argv=None):
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    gen_kw = dict(batch_size=cfg.gen_batch_size, merge_lora=cfg.merge_lora,
+                  static_cache=device == "cuda" if cfg.static_cache is None else cfg.static_cache)
     refiner, rtok = policy, tok
     if cfg.refiner_model:  # weak-to-strong: its text is re-tokenized for the policy below
         refiner, rtok = rollout.load_model_and_tokenizer(cfg.refiner_model, dtype=cfg.dtype, device=device,
@@ -380,15 +402,14 @@ def main(argv=None):
                          "(name its column with --solution_key)")
     critic = None
     if cfg.critique_type == "self":
-        critic = critique.HFCritic(policy, tok, max_new_tokens=cfg.critic_max_new_tokens, batch_size=cfg.gen_batch_size)
+        critic = critique.HFCritic(policy, tok, max_new_tokens=cfg.critic_max_new_tokens, **gen_kw)
     elif cfg.critique_type == "cot" and cfg.critic_base_url:
         critic = critique.APICritic(cfg.critic_base_url, cfg.critic_api_model, api_key_env=cfg.critic_api_key_env,
                                     max_tokens=cfg.critic_max_new_tokens)
     elif cfg.critique_type == "cot":
         cm, ctok = rollout.load_model_and_tokenizer(cfg.critic_model, dtype=cfg.dtype, device=device,
                                                     trust_remote_code=cfg.trust_remote_code)
-        critic = critique.HFCritic(cm.eval(), ctok, max_new_tokens=cfg.critic_max_new_tokens,
-                                   batch_size=cfg.gen_batch_size)
+        critic = critique.HFCritic(cm.eval(), ctok, max_new_tokens=cfg.critic_max_new_tokens, **gen_kw)
     checker = AnswerChecker()
 
     start = 0
@@ -414,8 +435,7 @@ def main(argv=None):
     for step in range(start, cfg.max_steps + 1):
         # ---- Evaluation (held-out, greedy) and checkpoint ----
         if step == start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            acc, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R,
-                                             batch_size=cfg.gen_batch_size)
+            acc, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R, **gen_kw)
             accuracy[step] = acc
             write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
             print(f"step {step:4d} | eval/accuracy {acc:.4f} ({len(eval_rows)} held-out questions, greedy)")
@@ -434,7 +454,7 @@ def main(argv=None):
         # ---- 1. Sample: n responses per prompt from the current policy ----
         responses = rollout.generate(policy, tok, [p for p in prompt_ids for _ in range(n_sample)],
                                      max_new_tokens=R, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     batch_size=cfg.gen_batch_size, desc="sample")           # (B*n,)
+                                     desc="sample", **gen_kw)                                # (B*n,)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
         t["sample"] = time.perf_counter()
 
@@ -475,8 +495,7 @@ def main(argv=None):
                 n_truncated += cut
                 refine_prompts.append(rollout.chat_ids(rtok, critique.refinement_prompt(q, prev, c)))
             refinements = rollout.generate(refiner, rtok, refine_prompts, max_new_tokens=R, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
-                                           desc="refine") if refine_prompts else []
+                                           top_p=cfg.top_p, desc="refine", **gen_kw) if refine_prompts else []
             if refiner is not policy:  # weak-to-strong: the refiner's text, in the policy's tokens
                 texts_w2s = rtok.batch_decode(refinements, skip_special_tokens=True)
                 refinements = [policy_tokens(tok, t, R) for t in texts_w2s]
@@ -518,14 +537,15 @@ def main(argv=None):
         with stop.deferred():  # a Ctrl-C here waits for the step to finish
             # ---- 7. Loss and 8. Optimise: updates_per_batch optimizer steps, each over whole groups ----
             batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id)                      # (N, P+Rb), (N, Rb)
-            Rb = batch["response_ids"].shape[1]  # longest response here; the loss constant stays R
             mb_groups = np.array_split(np.arange(B), cfg.updates_per_batch)
+            lens = ([len(p) for p in seq_prompt], [len(r) for r in seq_resp])
             old_logp = None
             if cfg.updates_per_batch > 1:  # later mini-batches see a changed policy: need pi_old explicitly
+                old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
                 with torch.no_grad():
-                    old_logp = torch.cat([forward_logp(policy, batch, torch.arange(s, min(s + cfg.micro_batch_size, N)),
-                                                       Rb, cfg.temperature, device)[1].cpu()
-                                          for s in range(0, N, cfg.micro_batch_size)])                # (N, R)
+                    for idx in rollout.micro_batches(*lens, cfg.micro_batch_tokens):
+                        old_logp[idx] = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk,
+                                                     device, entropy=False)[0].cpu()
             policy.train()
             sums = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0)
             for mb in mb_groups:
@@ -535,23 +555,26 @@ def main(argv=None):
                 denom = (len(mb) if cfg.aggregation == "paper" else len(seqs)) * R
                 n_tokens = max(int(batch["response_mask"][seqs].sum()), 1)
                 optimizer.zero_grad(set_to_none=True)
-                for s in range(0, len(seqs), cfg.micro_batch_size):
-                    idx = torch.tensor(seqs[s:s + cfg.micro_batch_size])
-                    logits, logp = forward_logp(policy, batch, idx, Rb, cfg.temperature, device)    # (n,R,V), (n,R)
-                    mask = batch["response_mask"][idx].to(device)                                       # (n, R)
+                for micro in rollout.micro_batches([lens[0][i] for i in seqs], [lens[1][i] for i in seqs],
+                                                   cfg.micro_batch_tokens):
+                    idx = [seqs[j] for j in micro]
+                    logp, ent = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk, device)  # (n, Rb)
+                    mask = batch["response_mask"][idx].to(device)                                           # (n, Rb)
                     olp = logp.detach() if old_logp is None else old_logp[idx].to(device)  # ratio 1 at theta_old
                     per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
-                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, R)
+                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, Rb)
                     pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
-                    ent = (L.entropy(logits) * mask).sum() / n_tokens
+                    ent = (ent * mask).sum() / n_tokens
                     total = pg - cfg.entropy_coef * ent
                     if cfg.kl_coef > 0:
                         with torch.no_grad():
                             if cfg.lora:
                                 with policy.disable_adapter():
-                                    ref_logp = forward_logp(policy, batch, idx, Rb, cfg.temperature, device)[1]
+                                    ref_logp = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk,
+                                                            device, entropy=False)[0]
                             else:
-                                ref_logp = forward_logp(ref_model, batch, idx, Rb, cfg.temperature, device)[1]
+                                ref_logp = forward_logp(ref_model, batch, idx, cfg.temperature, cfg.logprob_chunk,
+                                                        device, entropy=False)[0]
                         kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
                         total = total + cfg.kl_coef * kl
                         sums["kl"] += kl.item()

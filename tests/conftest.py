@@ -80,3 +80,7 @@ def tiny_data(tmp_path_factory):
         with open(d / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
     return str(d / "train.jsonl"), str(d / "test.jsonl")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")

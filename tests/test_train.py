@@ -12,7 +12,7 @@ def run(tmp_path, tiny_model_dir, tiny_data, name, *extra):
     out = tmp_path / name
     argv = ["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1],
             "--output_dir", str(out), "--eval_limit", "2", "--max_new_tokens", "12", "--prompts_per_step", "2",
-            "--n_init", "4", "--micro_batch_size", "3", "--critic_max_new_tokens", "12", "--lr", "1e-2",
+            "--n_init", "4", "--micro_batch_tokens", "300", "--critic_max_new_tokens", "12", "--lr", "1e-2",
             "--samples_every", "1", "--eval_every", "0", "--dtype", "float32", *extra]
     train.main(argv)
     return out, [json.loads(line) for line in open(out / "metrics.jsonl")]
@@ -49,6 +49,22 @@ def test_two_steps_train_every_critique_type(tmp_path, tiny_model_dir, tiny_data
         assert all("critique" in s and "refinement" in s for s in samples)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["critique_type"] == critique_type
+
+
+def test_speed_flags_do_not_change_what_is_trained(tmp_path, tiny_model_dir, tiny_data):
+    """Micro-batch split, LM-head chunking, gradient checkpointing and the merged-LoRA rollout are exact
+    rewrites: one step with all of them on trains the same adapter as one step with all of them off."""
+    common = ["--max_steps", "1", "--critique_type", "indicative_gt", "--refine_scope", "all", "--kl_coef", "0.1"]
+    slow, m_slow = run(tmp_path, tiny_model_dir, tiny_data, "slow", *common, "--micro_batch_tokens", "100000",
+                       "--logprob_chunk", "100000", "--no-merge_lora", "--no-gradient_checkpointing")
+    fast, m_fast = run(tmp_path, tiny_model_dir, tiny_data, "fast", *common, "--micro_batch_tokens", "150",
+                       "--logprob_chunk", "3", "--merge_lora", "--gradient_checkpointing")
+    assert m_fast[1]["train/reward"] == m_slow[1]["train/reward"]
+    for key in ("loss", "train/entropy", "kl", "grad_norm"):
+        assert m_fast[1][key] == pytest.approx(m_slow[1][key], rel=1e-4, abs=1e-7), key
+    a = load_file(slow / "checkpoint-1" / "adapter_model.safetensors")
+    b = load_file(fast / "checkpoint-1" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
@@ -109,3 +125,24 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_model_dir, tiny_data):
     run(tmp_path, tiny_model_dir, tiny_data, "once", "--max_steps", "1")
     with pytest.raises(SystemExit, match="already holds a run"):
         run(tmp_path, tiny_model_dir, tiny_data, "once", "--max_steps", "1")
+
+
+def test_qlora_step_on_4bit_weights(tmp_path, tok, tiny_data):
+    """--load_in_4bit: NF4 base weights (bitsandbytes' CPU kernels), a LoRA adapter trains on top. A Llama
+    shape: bitsandbytes' CPU 4-bit matmul fails on biased layers (Qwen2's q/k/v) in backward, and its
+    blocks need hidden sizes >= 64."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    d = tmp_path / "tiny-llama-128"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=None)).save_pretrained(d)
+    tok.save_pretrained(d)
+    out, metrics = run(tmp_path, str(d), tiny_data, "qlora", "--max_steps", "1", "--load_in_4bit",
+                       "--critique_type", "indicative_gt", "--refine_scope", "all")
+    assert torch.isfinite(torch.tensor(metrics[1]["loss"])) and metrics[1]["grad_norm"] > 0
+    lora_b = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in lora_b.items() if "lora_B" in k)
+    with pytest.raises(SystemExit, match="drop --no-lora"):
+        train.validate(train.parse_config(["--load_in_4bit", "--no-lora"]))

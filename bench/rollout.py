@@ -1,0 +1,104 @@
+"""Rollout throughput: a plain `model.generate` loop as TRL's GRPOTrainer runs it without vLLM (every
+prompt of the generation batch in one call, dynamic KV cache, unmerged LoRA, no compile) vs our
+`rollout.generate` (length-sorted batches sized by memory, LoRA merged while sampling, static cache +
+compile on GPU), on the same model, prompts, batch and lengths, alternating in one process.
+
+    python bench/rollout.py                                   # embedded model, 32 sequences (one default step)
+    python bench/rollout.py --model qwen2.5-0.5b --num_seqs 256 --max_new_tokens 512   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import GenerationConfig
+
+import models
+import rollout
+
+
+def plain_generate(model, tok, prompts, max_new_tokens, temperature):
+    """TRL GRPOTrainer's non-vLLM path: one left-padded batch, generate, mask after the first EOS."""
+    eos = rollout.eos_ids(tok, model)
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, P - len(p):], mask[r, P - len(p):] = torch.tensor(p), 1
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or None,
+                           top_p=1.0, top_k=0, eos_token_id=eos, pad_token_id=tok.pad_token_id, disable_compile=True)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
+    return [rollout.cut_at_eos(row.tolist(), eos) for row in out[:, P:].cpu()]
+
+
+def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    responses = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, responses
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=models.CHOICES, default="embedded")
+    ap.add_argument("--num_seqs", type=int, default=32, help="sequences per rollout (prompts x samples)")
+    ap.add_argument("--samples", type=int, default=8, help="samples per prompt (the GRPO group size)")
+    ap.add_argument("--max_new_tokens", type=int, default=96)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--merge_lora", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--static_cache", action=argparse.BooleanOptionalAction, default=None,
+                    help="default: on with CUDA")
+    ap.add_argument("--batch_size", type=int, default=0, help="ours: sequences per generate call (0 = by memory)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path after one warm-up run")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    static = device == "cuda" if args.static_cache is None else args.static_cache
+    model, tok = models.load(args.model, args.dtype, device)
+    if args.lora:
+        model = models.add_lora(model)
+    model.eval()
+    qs = models.questions(-(-args.num_seqs // args.samples))
+    prompts = [rollout.question_ids(tok, q) for q in qs for _ in range(args.samples)][: args.num_seqs]
+
+    paths = {
+        "plain (TRL-style)": lambda: plain_generate(model, tok, prompts, args.max_new_tokens, args.temperature),
+        "ours": lambda: rollout.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.temperature, batch_size=args.batch_size,
+                                         merge_lora=args.merge_lora, static_cache=static, desc="ours"),
+    }
+    times = {k: [] for k in paths}
+    tokens = {k: [] for k in paths}
+    steps = {k: [] for k in paths}  # decode steps of the longest response
+    for rep in range(args.repeats + 1):  # rep 0 warms up (allocator, kernels, compile)
+        for name, fn in paths.items():
+            torch.manual_seed(rep)
+            dt, responses = timed(fn)
+            if rep:
+                times[name].append(dt)
+                tokens[name].append(sum(len(r) for r in responses))
+                steps[name].append(max(len(r) for r in responses))
+    print(f"model {args.model} ({args.dtype}, LoRA {'merged' if args.merge_lora and args.lora else 'on' if args.lora else 'off'}, "
+          f"static cache {static}) | {args.num_seqs} seqs x <= {args.max_new_tokens} new tokens | "
+          f"{models.device_name()} | {models.versions()}")
+    # ms/decode step = rollout time / decode steps of its longest response: exact for one batch (both paths
+    # when every sequence fits one generate call), an upper bound on the step when `ours` splits batches
+    print(f"{'path':20s} {'s/rollout':>10s} {'tokens':>8s} {'tokens/s':>10s} {'ms/decode step':>15s}")
+    tps = {}
+    for name in paths:
+        t, n = statistics.median(times[name]), statistics.mean(tokens[name])
+        tps[name] = n / t
+        print(f"{name:20s} {t:10.2f} {n:8.0f} {tps[name]:10.1f} {1000 * t / statistics.mean(steps[name]):15.2f}")
+    print(f"speed-up (tokens/s, ours / plain): {tps['ours'] / tps['plain (TRL-style)']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
