@@ -3,8 +3,8 @@ compute per-token log-probs of sampled responses under the policy.
 
 Layout used everywhere (the same as TRL and verl): prompts are LEFT-padded to P columns and
 responses RIGHT-padded to R columns, so response token j of every row sits at column P + j and the
-logits that predict it are at column P + j - 1. That lets the forward pass compute logits for the
-R response columns only (`logits_to_keep`), never for the prompt.
+hidden state that predicts it is at column P + j - 1. That lets the training forward run the LM head
+on response positions only, never on the prompt (`response_logprobs`).
 """
 from __future__ import annotations
 
@@ -297,8 +297,8 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, response_m
 
     Never holds the (N, R, V) float32 logits (the memory peak of a GRPO update with Qwen's 152k
     vocabulary): the backbone's hidden states at the response tokens are projected through the LM
-    head `chunk_tokens` tokens at a time, and under autograd each chunk is recomputed in backward
-    (checkpoint), so the peak is one chunk's logits. Padding columns are cut off first and padded
+    head `chunk_tokens` tokens at a time, and under autograd, when there are several chunks, each is
+    recomputed in backward (checkpoint), so the peak is one chunk's logits. Padding columns are cut off first and padded
     response tokens never reach the LM head. Positions come from the mask, as in `generate`, so left
     padding does not shift them. Dividing by the sampling temperature makes log-probs those of the
     distribution the tokens were drawn from (as verl does).
@@ -325,11 +325,11 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, response_m
             logits = logits / temperature
         return token_logprobs(logits, y_c), (L.entropy(logits) if entropy else torch.zeros_like(y_c, dtype=logits.dtype))
 
+    # one chunk peaks the same with or without recomputation: checkpoint only when there are several
+    recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk_tokens
     parts = []
     for s in range(0, h.shape[0], chunk_tokens):
         args = (h[s: s + chunk_tokens], y[s: s + chunk_tokens])
-        # one chunk peaks the same with or without recomputation: checkpoint only when there are several
-        recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk_tokens
         parts.append(torch.utils.checkpoint.checkpoint(head_chunk, *args, use_reentrant=False)
                      if recompute else head_chunk(*args))
     logp = torch.zeros((N, R), device=h.device, dtype=torch.float32)

@@ -22,10 +22,10 @@ CHOICES = ["embedded", *SHAPES]
 
 def load(name: str, dtype: str, device: str):
     """(model, tokenizer). Random shapes use the embedded tokenizer (its ids fit every vocabulary)."""
-    model, tok = rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype=dtype, device="cpu")
     if name == "embedded":
-        return model.to(device), tok
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+        return rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype=dtype, device=device)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+    tok = AutoTokenizer.from_pretrained(rollout.embedded_model_dir())
     arch, h, i, n, a, kv, v, tied = SHAPES[name]
     cfg = (Qwen2Config if arch == "qwen2" else LlamaConfig)(
         hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, num_key_value_heads=kv,

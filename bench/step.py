@@ -137,11 +137,8 @@ def main():
 
     results = {}
     for name in a.runs.split(","):
-        argv = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
-        if "--ours_args" in argv:  # keep REMAINDER last
-            i = argv.index("--ours_args")
-            argv = argv[:i] + argv[i + 1 + len(a.ours_args):] + argv[i: i + 1 + len(a.ours_args)]
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        # --worker goes first, so the user's --ours_args (argparse.REMAINDER) stays last
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, *sys.argv[1:]], capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
