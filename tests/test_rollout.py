@@ -11,12 +11,17 @@ def test_cut_at_eos_keeps_first_eos():
     assert rollout.cut_at_eos([5, 6], [0]) == [5, 6]
 
 
-def test_pack_layout():
-    b = rollout.pack([[1, 2, 3], [4]], [[7, 0], [8, 9, 0]], pad_id=0)
-    assert b["input_ids"].tolist() == [[1, 2, 3, 7, 0, 0], [0, 0, 4, 8, 9, 0]]
-    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
-    assert b["response_ids"].tolist() == [[7, 0, 0], [8, 9, 0]]
-    assert b["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]  # the EOS (= pad id 0) is counted
+def test_pack_layout_shares_each_distinct_prompt():
+    b = rollout.pack([[1, 2, 3], [4], [1, 2, 3]], [[7, 0], [8, 9, 0], [6, 0]], pad_id=0)
+    assert b["prompt_ids"].tolist() == [[1, 2, 3], [0, 0, 4]] and b["prompt_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b["prompt_index"].tolist() == [0, 1, 0]
+    assert b["response_ids"].tolist() == [[7, 0, 0], [8, 9, 0], [6, 0, 0]]
+    assert b["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]  # the EOS (= pad id 0) is counted
+    s = rollout.select(b, [2, 0])  # only prompt 0, re-indexed; the all-pad third response column cut
+    assert s["prompt_ids"].tolist() == [[1, 2, 3]] and s["prompt_index"].tolist() == [0, 0]
+    assert s["response_ids"].tolist() == [[6, 0], [7, 0]] and s["response_mask"].tolist() == [[1, 1], [1, 1]]
+    s = rollout.select(b, [1])  # the leading all-pad prompt columns cut
+    assert s["prompt_ids"].tolist() == [[4]] and s["response_ids"].tolist() == [[8, 9, 0]]
 
 
 def _full_logits_reference(model, prompts, responses):
@@ -29,50 +34,65 @@ def _full_logits_reference(model, prompts, responses):
     return lps, ents
 
 
+# two groups sharing a prompt each, a group of one, responses of 1 to 4 tokens (1: no response pass at all)
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [5, 6, 7, 8, 9], [10, 11], [12]]
+RESPONSES = [[12, 13, 14], [15, 16], [17], [18, 19, 20, 21], [22, 23]]
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("chunk", [1, 3, 1024])
-def test_response_logprobs_match_full_logits_alone(tok, arch, chunk):
-    """Chunked LM head, trimmed padding columns, batch padding: the same numbers as one unpadded
-    sequence through the model's own forward, for every chunk size."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_response_logprobs_match_full_logits_alone(tok, arch, chunk, checkpointing):
+    """Shared prompt caches (or, under gradient checkpointing, one pass per sequence), chunked LM head,
+    trimmed padding columns, batch padding: the same numbers as each sequence alone through the model's
+    own forward, for every chunk size."""
     model = make_model(tok, arch)
-    prompts, responses = [[5, 6, 7, 8, 9], [10, 11]], [[12, 13, 14], [15, 16]]
-    batch = rollout.pack(prompts, responses, tok.pad_token_id, R=6)  # 3 all-pad response columns
+    if checkpointing:
+        rollout.enable_checkpointing(model)
+        model.train()
+    batch = rollout.pack(PROMPTS, RESPONSES, tok.pad_token_id, R=6)  # 2 all-pad response columns
+    lp, ent = rollout.response_logprobs(model, rollout.select(batch, list(range(5))), chunk_tokens=chunk)
     with torch.no_grad():
-        lp, ent = rollout.response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_ids"],
-                                            batch["response_mask"], chunk_tokens=chunk)
-        ref_lp, ref_ent = _full_logits_reference(model, prompts, responses)
-    assert lp.shape == ent.shape == (2, 6)
-    for i, r in enumerate(responses):
+        ref_lp, ref_ent = _full_logits_reference(model.eval(), PROMPTS, RESPONSES)
+    assert lp.shape == ent.shape == (5, 4)
+    for i, r in enumerate(RESPONSES):
         assert torch.allclose(lp[i, : len(r)], ref_lp[i], atol=1e-5)
         assert torch.allclose(ent[i, : len(r)], ref_ent[i], atol=1e-5)
         assert (lp[i, len(r):] == 0).all() and (ent[i, len(r):] == 0).all()
 
 
-def test_chunked_logprob_gradients_equal_full_logits(tok):
-    """The checkpointed chunks recompute in backward: gradients equal those of the plain full-logits loss."""
-    prompts, responses = [[5, 6, 7, 8, 9], [10, 11]], [[12, 13, 14], [15, 16]]
-    batch = rollout.pack(prompts, responses, tok.pad_token_id)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prompt_gradients_equal_full_logits(tok, checkpointing):
+    """Gradients flow through the shared prompt cache (and the recomputed LM-head chunks) exactly as through
+    the plain full-logits loss of each sequence alone."""
+    batch = rollout.pack(PROMPTS, RESPONSES, tok.pad_token_id)
     grads = []
-    for chunked in (True, False):
+    for ours in (True, False):
         model = make_model(tok)
-        if chunked:
-            lp, ent = rollout.response_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                                batch["response_ids"], batch["response_mask"], chunk_tokens=2)
-            loss = (lp * batch["response_mask"]).sum() + ent.sum()
+        if ours:
+            if checkpointing:
+                rollout.enable_checkpointing(model)
+            model.train()
+            lp, ent = rollout.response_logprobs(model, rollout.select(batch, list(range(5))), chunk_tokens=2)
+            loss = (lp * batch["response_mask"][:, :4]).sum() + ent.sum()
         else:
-            ref_lp, ref_ent = _full_logits_reference(model, prompts, responses)
+            ref_lp, ref_ent = _full_logits_reference(model, PROMPTS, RESPONSES)
             loss = sum(x.sum() for x in ref_lp) + sum(x.sum() for x in ref_ent)
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-5)
 
 
 def test_micro_batches_respect_the_token_budget():
-    prompts, responses = [5, 20, 10, 25, 5], [5, 30, 10, 20, 0]
-    mbs = rollout.micro_batches(prompts, responses, token_budget=100)
+    """Cost = distinct prompts x longest prompt + rows x longest response (the shared-prompt layout)."""
+    b = rollout.pack([[1] * 5, [2] * 20, [1] * 5, [3] * 25, [1] * 5], [[4] * 5, [4] * 30, [4] * 10, [4] * 20, [4]],
+                     pad_id=0)
+    mbs = rollout.micro_batches(b, [0, 1, 2, 3, 4], token_budget=70)
     assert sorted(i for mb in mbs for i in mb) == [0, 1, 2, 3, 4]
-    assert mbs == [[1], [3, 2], [0, 4]]   # 25+30 > 100/2; 2 x (25+20) = 90; 2 x (5+5) = 20
-    assert rollout.micro_batches([300, 10], [5, 5], token_budget=100) == [[0], [1]]  # too long: alone
+    # longest response first: [1] = 20 + 30; + seq 3: 2 prompts x 25 + 2 x 30 = 110 > 70; [3] = 25 + 20;
+    # + seq 2: 2 x 25 + 2 x 20 = 90 > 70; seqs 2, 0 and 4 share one prompt: 1 x 5 + 3 x 10 = 35
+    assert mbs == [[1], [3], [2, 0, 4]]
+    assert rollout.micro_batches(b, [1, 0], token_budget=10) == [[1], [0]]  # longer than the budget: alone
 
 
 def test_token_logprobs_equals_log_softmax_gather():
@@ -144,3 +164,50 @@ def test_compiled_static_cache_on_gpu_generates_the_same_tokens(tok):
     plain = rollout.generate(model, tok, prompts, max_new_tokens=10, temperature=0)
     fast = rollout.generate(model, tok, prompts, max_new_tokens=10, temperature=0, static_cache=True, merge_lora=True)
     assert fast == plain
+
+
+def test_decode_step_samples_softmax_over_temperature_within_top_p():
+    """Hand-worked: logits log([.5, .3, .15, .05]) at T=1 with top_p 0.7 keep the two tokens whose mass reaches
+    0.7, renormalised to [.625, .375, 0, 0]; at T=0.5 without a cut, p ∝ p^2 = [.25, .09, .0225, .0025] / .365."""
+    class Bar:
+        n = 0
+        def update(self, k):
+            self.n += k
+    torch.manual_seed(0)
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(20000, 1)
+    for T, top_p, want in ((1.0, 0.7, [0.625, 0.375, 0, 0]), (0.5, 1.0, [0.25 / .365, 0.09 / .365, 0.0225 / .365, 0.0025 / .365])):
+        bar = Bar()
+        step = rollout._DecodeStep(T, top_p, eos=[3], bar=bar, rows=20000)
+        scores = step(torch.zeros(20000, 5, dtype=torch.long), logits)
+        assert (scores == 0).sum(-1).eq(1).all() and torch.isinf(scores).sum(-1).eq(3).all()  # one finite token a row
+        freq = torch.bincount(scores.argmax(-1), minlength=4).float() / 20000
+        assert freq.tolist() == pytest.approx(want, abs=0.012)
+        assert bar.n == 20000
+    # the next call counts only rows that have not produced an EOS (token 3) yet
+    ids = torch.tensor([[1, 3], [1, 2]])
+    step, bar = rollout._DecodeStep(0.0, 1.0, eos=[3], bar=Bar(), rows=2), None
+    step(ids[:, :1], logits[:2])
+    assert step.bar.n == 2 and step(ids, logits[:2]).equal(logits[:2]) and step.bar.n == 3  # greedy: scores untouched
+
+
+@pytest.mark.parametrize("flags, isa, want, why", [
+    (["avx512f", "avx512_bf16"], "AVX512", torch.bfloat16, "natively (AVX512_BF16)"),
+    (["avx512f", "avx512_bf16", "amx_bf16"], "AVX2", torch.float32, "torch runs AVX2 kernels here"),
+    (["avx2"], "AVX2", torch.float32, "this CPU has no native bf16"),
+])
+def test_auto_dtype_says_what_it_chose_and_why(flags, isa, want, why):
+    dtype, reason = rollout.choose_dtype("auto", cpu_flags=flags, isa=isa)
+    assert dtype == want and why in reason and reason.startswith(f"auto -> {str(want).removeprefix('torch.')}")
+    assert rollout.choose_dtype("float32") == (torch.float32, "float32 (--dtype float32)")
+
+
+def test_adapter_on_the_embedded_model_names_the_hub_model(tmp_path, tiny_model_dir, monkeypatch):
+    """An adapter saved on the embedded model must name its hub model, not this machine's cache path."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    monkeypatch.setattr(rollout, "embedded_model_dir", lambda: tiny_model_dir)
+    model, _ = rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype="float32")
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path, save_embedding_layers=False)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        rollout.EMBEDDED_HUB_NAME

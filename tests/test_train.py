@@ -35,7 +35,7 @@ def test_two_steps_train_every_critique_type(tmp_path, tiny_model_dir, tiny_data
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
     assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2]
     evals = [json.loads(line) for line in open(out / "eval-2.jsonl")]
-    assert len(evals) == 2 and set(evals[0]) == {"question", "response", "extracted", "ground_truth", "correct"}
+    assert len(evals) == 2 and set(evals[0]) == {"set", "question", "response", "extracted", "ground_truth", "correct"}
     lora_b = {k: v for k, v in load_file(out / "checkpoint-2" / "adapter_model.safetensors").items() if "lora_B" in k}
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values())  # LoRA B starts at zero: it moved
     samples = [json.loads(line) for line in open(out / "samples.jsonl")]
@@ -64,7 +64,35 @@ def test_speed_flags_do_not_change_what_is_trained(tmp_path, tiny_model_dir, tin
         assert m_fast[1][key] == pytest.approx(m_slow[1][key], rel=1e-4, abs=1e-7), key
     a = load_file(slow / "checkpoint-1" / "adapter_model.safetensors")
     b = load_file(fast / "checkpoint-1" / "adapter_model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Adam's first step is g / (|g| + eps): on this tiny model many gradient entries are ~eps, so float32
+    # rounding of a different summation order (shared prompt vs full sequence) shows up amplified; the
+    # exact gradient equality is tested in test_rollout.py, here we ask for the same update to 2 % of lr.
+    assert all(torch.allclose(a[k], b[k], atol=2e-4) for k in a)
+
+
+def test_run_records_its_dtype_and_scores_each_held_out_set(tmp_path, tiny_model_dir, tiny_data, capsys):
+    """The first line names device, dtype and why; config.json keeps them; a comma list of held-out files is
+    scored per file (the first is the headline `eval/accuracy`), in one generate call."""
+    import shutil
+    second = tmp_path / "rephrased.jsonl"
+    shutil.copy(tiny_data[1], second)
+    out = tmp_path / "two_sets"
+    train.main(["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", f"{tiny_data[1]},{second}",
+                "--output_dir", str(out), "--max_steps", "1", "--max_new_tokens", "8", "--prompts_per_step", "2", "--eval_limit", "2",
+                "--n_init", "2", "--critique_type", "none", "--dtype", "float32"])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("device cpu: ") and "threads | dtype float32 (--dtype float32)" in first
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["dtype"] == "float32" and resolved["dtype_reason"] == "float32 (--dtype float32)"
+    assert resolved["threads"] == torch.get_num_threads()
+    evals = [json.loads(line) for line in open(out / "metrics.jsonl") if "eval/accuracy" in line]
+    for m in evals:  # the same questions in both files: the same greedy answers, the same accuracy
+        assert m["eval/accuracy"] == m["eval/test/accuracy"] == m["eval/rephrased/accuracy"]
+    rows = [json.loads(line) for line in open(out / "eval-1.jsonl")]
+    assert [r["set"] for r in rows] == ["test", "test", "rephrased", "rephrased"]
+    with pytest.raises(SystemExit, match="share a file name"):
+        train.main(["--model", tiny_model_dir, "--eval_data", f"{tiny_data[1]},{tiny_data[1]}",
+                    "--output_dir", str(tmp_path / "dup")])
 
 
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
