@@ -375,7 +375,9 @@ def main(argv=None):
                                                       device="cuda" if torch.cuda.is_available() else "cpu")
         if args.adapter:
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()  # nothing trains here
+            model = PeftModel.from_pretrained(model, args.adapter)
+            if next(model.parameters()).dtype == torch.float32:  # a bf16 weight cannot hold the delta: keep it apart
+                model = model.merge_and_unload()
         # one length-sorted generate call per run over every benchmark's prompts, split back afterwards
         prompts = [rollout.question_ids(tok, r["question"]) for rows in bench.values() for r in rows]
         runs = []

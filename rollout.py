@@ -188,11 +188,14 @@ def lora_merged(model):
     """Generate with W' = W + s*B@A (one matmul per linear) instead of W x + s*B(A x) (three more
     kernels per linear per decode step). On exit the saved W is copied back, so training continues
     on bit-identical base weights (merge-then-subtract would drift by a rounding each rollout in
-    bf16). Costs a copy of the adapted weights while generating. A no-op for models without LoRA
-    and for quantized (QLoRA) bases, whose 4-bit weights cannot take the merge."""
+    bf16). Costs a copy of the adapted weights while generating. A no-op for models without LoRA, for
+    quantized (QLoRA) bases, whose 4-bit weights cannot take the merge, and for bf16/fp16 bases: their
+    8/11-bit mantissa cannot hold a short run's delta (~0.2 % of W after the default run; the bf16 merge
+    lost 62 % of it, so sampling and evaluation would see another model than the one trained, LOG.md)."""
     from peft.tuners.lora import Linear as LoraLinear
     layers = _lora_layers(model)
-    if not layers or not all(type(m) is LoraLinear and type(m.base_layer) is torch.nn.Linear for m in layers):
+    if not layers or not all(type(m) is LoraLinear and type(m.base_layer) is torch.nn.Linear
+                             and m.base_layer.weight.dtype == torch.float32 for m in layers):
         yield
         return
     saved = []

@@ -110,8 +110,9 @@ class Config:
     samples mostly noise at 1.0)"""
     top_p: float = 1.0
     """nucleus sampling for initial responses and refinements"""
-    max_new_tokens: int = 96
-    """response length cap (R), also the aggregation constant"""
+    max_new_tokens: int = 64
+    """response length cap (R), also the aggregation constant. 64: the embedded model's answers to our task fit
+    (a truncated answer scores 0, which teaches it to be brief); generation time is linear in it"""
     max_context: int = 1024
     """prompt + response budget; the previous solution in a refinement prompt is cut to fit (counted)"""
 
@@ -151,8 +152,9 @@ class Config:
     micro_batch_tokens: int = 1536
     """padded tokens (sequences x longest prompt+response) per forward/backward pass; sequences are sorted by
     length first (the loss does not depend on it)"""
-    logprob_chunk: int = 1024
-    """response tokens per LM-head chunk: log-probs never hold the full (tokens x vocabulary) logits"""
+    logprob_chunk: int = 128
+    """response tokens per LM-head chunk: log-probs never hold the full (tokens x vocabulary) logits. 128:
+    a 49k-vocabulary chunk stays ~25 MB, under glibc's mmap threshold, so CPU memory is reused, not re-faulted"""
     gradient_checkpointing: bool = False
     """recompute each layer's activations in backward: less memory, ~30% more update time"""
     gen_batch_size: int = 0
@@ -342,6 +344,7 @@ def write_jsonl(path: Path, records: list[dict], mode: str = "a"):
 # The loop
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
+    t_run = time.perf_counter()
     cfg = parse_config(argv)
     validate(cfg)
     out = Path(cfg.output_dir)
@@ -440,15 +443,18 @@ def main(argv=None):
     for step in range(start, cfg.max_steps + 1):
         # ---- Evaluation (held-out, greedy) and checkpoint ----
         if step == start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            t_eval = time.perf_counter()
             _, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R, **gen_kw)
+            t_eval = time.perf_counter() - t_eval
             for rec, row in zip(records, eval_rows):
                 rec["set"] = row["set"]
             accuracy[step] = {name: float(np.mean([r["correct"] for r in records if r["set"] == name])) for name in eval_sets}
             write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
             print(f"step {step:4d} | eval " + " | ".join(f"{name} {a:.4f}" for name, a in accuracy[step].items()) +
-                  f" ({' + '.join(str(len(rows)) for rows in eval_sets.values())} held-out questions, greedy)", flush=True)
+                  f" ({' + '.join(str(len(rows)) for rows in eval_sets.values())} held-out questions, greedy) | {t_eval:.1f}s", flush=True)
             write_jsonl(out / "metrics.jsonl", [{"step": step, "eval/accuracy": next(iter(accuracy[step].values())),
-                                                 **{f"eval/{name}/accuracy": a for name, a in accuracy[step].items()}}])
+                                                 **{f"eval/{name}/accuracy": a for name, a in accuracy[step].items()},
+                                                 "time/eval": t_eval}])
         if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
             with stop.deferred():
                 save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, rng_state(select_rng))
@@ -635,7 +641,8 @@ def main(argv=None):
     if len(accuracy) >= 2:
         first, last = min(accuracy), max(accuracy)
         print("held-out accuracy: " + " | ".join(f"{name} step {first} {a:.4f} -> step {last} {accuracy[last][name]:.4f}"
-                                                 for name, a in accuracy[first].items()))
+                                                 for name, a in accuracy[first].items()) +
+              f" | {time.perf_counter() - t_run:.0f}s wall")
     return {s: next(iter(a.values())) for s, a in accuracy.items()}  # the headline set's accuracy per step
 
 

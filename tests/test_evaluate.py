@@ -7,6 +7,8 @@ import pytest
 from evaluate import AnswerChecker, extract_answer, fast_equal, last_boxed
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "critique_grpo_eval.parquet"
+NO_SHARED = (f"{SHARED_EVAL} is absent: the released benchmark file (2,019 rows) lives in ../shared beside the "
+             "repository, not in it; put it there to run this test")
 
 
 def test_last_boxed_matches_nested_braces_and_takes_the_last():
@@ -70,7 +72,7 @@ def test_pathological_input_times_out_and_is_counted():
     c.close()
 
 
-@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="shared/data/critique_grpo_eval.parquet not beside the repo")
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
 def test_real_benchmark_answers_grade_right_and_shifted_answers_wrong(checker):
     import data
     rows = data.load_rows(str(SHARED_EVAL))
@@ -143,7 +145,7 @@ def test_multiple_choice_from_a_local_file(tmp_path, checker):
     assert E.grade(rows * 3, [r"\boxed{B}", r"\boxed{4}", "The answer is (B)"], checker) == [1.0, 0.0, 1.0]
 
 
-@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="shared/data/critique_grpo_eval.parquet not beside the repo")
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
 def test_regrading_the_released_file(tmp_path):
     import data
     rows = data.load_rows(str(SHARED_EVAL))
@@ -166,7 +168,7 @@ def test_regrading_the_released_file(tmp_path):
     assert sum(1 for _ in open(tmp_path / "b" / "generations.jsonl")) == 2019
 
 
-@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="shared/data/critique_grpo_eval.parquet not beside the repo")
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
 def test_generation_smoke_on_real_questions(tmp_path, tiny_model_dir, capsys):
     res = E.main(["--model", tiny_model_dir, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500",
                   "--limit", "3", "--samples", "2", "--max_new_tokens", "8",
@@ -178,7 +180,7 @@ def test_generation_smoke_on_real_questions(tmp_path, tiny_model_dir, capsys):
     assert json.loads((tmp_path / "results.json").read_text())["temperature"] == 0.6
 
 
-@pytest.mark.skipif(not SHARED_EVAL.exists(), reason="shared/data/critique_grpo_eval.parquet not beside the repo")
+@pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
 def test_pooled_generations_go_back_to_their_benchmark(tmp_path, tok):
     import rollout
     from conftest import make_model

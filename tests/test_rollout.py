@@ -139,6 +139,19 @@ def test_merged_lora_generates_the_same_tokens_and_restores_the_weights(tok):
     assert all(not m.disable_adapters for m in rollout._lora_layers(model))      # adapter back on
 
 
+def test_bf16_weights_are_never_merged(tok):
+    """bf16 cannot hold a small LoRA delta (W + BA rounds most of BA away): generation keeps it apart."""
+    model = _lora(make_model(tok, init_std=0.5)).to(torch.bfloat16)
+    for m in rollout._lora_layers(model):  # a delta of 0.1 % of W, the size a short run learns
+        m.lora_B["default"].weight.data.fill_(1e-3 * m.base_layer.weight.abs().mean() / m.lora_A["default"].weight.abs().sum(1).mean())
+    w = rollout._lora_layers(model)[0].base_layer.weight
+    delta = rollout._lora_layers(model)[0].get_delta_weight("default")
+    assert ((w.float() + delta.float()).to(torch.bfloat16).float() - w.float() - delta.float()).norm() > 0.2 * delta.float().norm()
+    before = w.detach().clone()
+    with rollout.lora_merged(model):
+        assert torch.equal(w, before) and not rollout._lora_layers(model)[0].disable_adapters  # adapter still applied
+
+
 def test_static_cache_with_bucketed_shapes_generates_the_same_tokens(tok):
     """The GPU fast path (static cache; transformers compiles it on CUDA) pads prompts to a power of two (>= 64)
     and batches to a power of two: the padding must not change a single greedy token."""
