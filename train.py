@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import random
 import shutil
 import signal
@@ -622,8 +623,10 @@ def main(argv=None):
                 "tokens_per_s": n_gen / max(t["sample"] - t["start"] + t["refine"] - t["critique"], 1e-9),
             })
             write_jsonl(out / "metrics.jsonl", [m])
-            print(f"step {step + 1:4d} | reward {m['train/reward']:.3f} | refine {m['refine/reward']:.3f} "
-                  f"fix {m['refine/fix_rate']:.3f} | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
+            refined = not math.isnan(m["refine/reward"])  # nan: no group needed a refinement this step
+            print(f"step {step + 1:4d} | reward {m['train/reward']:.3f} | " +
+                  (f"refine {m['refine/reward']:.3f} fix {m['refine/fix_rate']:.3f}" if refined else f"{'no refinement':22s}") +
+                  f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
                   f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | "
                   f"ent {m['train/entropy']:.3f} | len {m['train/response_len']:.0f} | "
                   f"{t['update'] - t['start']:.1f}s", flush=True)

@@ -1,6 +1,7 @@
 """Rollout throughput: a plain `model.generate` loop as TRL's GRPOTrainer runs it without vLLM (every
 prompt of the generation batch in one call, dynamic KV cache, unmerged LoRA, no compile) vs our
-`rollout.generate` (length-sorted batches sized by memory, LoRA merged while sampling, static cache +
+`rollout.generate` (length-sorted batches sized by memory, LoRA merged into float32 weights while sampling,
+our inverse-CDF sampler instead of torch.multinomial, static cache +
 compile on GPU), on the same model, prompts, batch and lengths, alternating in one process.
 
     python bench/rollout.py                                   # embedded model, 32 sequences (one default step)
@@ -86,7 +87,8 @@ def main():
                 times[name].append(dt)
                 tokens[name].append(sum(len(r) for r in responses))
                 steps[name].append(max(len(r) for r in responses))
-    print(f"model {args.model} ({args.dtype}, LoRA {'merged' if args.merge_lora and args.lora else 'on' if args.lora else 'off'}, "
+    fp32 = next(model.parameters()).dtype == torch.float32  # rollout.lora_merged never merges into bf16 weights
+    print(f"model {args.model} ({args.dtype}, LoRA {'merged' if args.merge_lora and args.lora and fp32 else 'on' if args.lora else 'off'}, "
           f"static cache {static}) | {args.num_seqs} seqs x <= {args.max_new_tokens} new tokens | "
           f"{models.device_name()} | {models.versions()}")
     # ms/decode step = rollout time / decode steps of its longest response: exact for one batch (both paths
