@@ -161,21 +161,28 @@ class AnswerChecker:
                  timeout=max(0.0, min(t0 + self.timeout - now for _, t0 in busy.values())))
             for w in list(busy):
                 i, t0 = busy[w]
-                conn = self._workers[w][1]
+                conn, paused = self._workers[w][1], 0.0
                 if conn.poll():
                     try:
                         rewards[i] = float(conn.recv())
                     except EOFError:  # the worker died (e.g. out of memory): wrong, replace it
-                        self._workers[w][0].kill()
-                        self._workers[w] = self._spawn()[0]
-                    del busy[w]
+                        paused = self._replace(w)
                 elif time.monotonic() - t0 >= self.timeout:
-                    self._workers[w][0].kill()
-                    self._workers[w][0].join()
-                    self._workers[w] = self._spawn()[0]
+                    paused = self._replace(w)
                     self.num_timeouts += 1
-                    del busy[w]
+                else:
+                    continue
+                del busy[w]
+                busy = {v: (j, t + paused) for v, (j, t) in busy.items()}  # waiting for a new worker is no check's time
         return rewards
+
+    def _replace(self, w: int) -> float:
+        """Kill worker w and put a ready one in its slot; returns the seconds that took."""
+        t = time.monotonic()
+        self._workers[w][0].kill()
+        self._workers[w][0].join()
+        self._workers[w] = self._spawn()[0]
+        return time.monotonic() - t
 
     def close(self):
         for p, conn in self._workers:
