@@ -151,8 +151,8 @@ class Config:
     updates_per_batch: int = 1
     """optimizer steps per rollout batch (released: 2); >1 recomputes old log-probs first"""
     micro_batch_tokens: int = 1536
-    """padded tokens (sequences x longest prompt+response) per forward/backward pass; sequences are sorted by
-    length first (the loss does not depend on it)"""
+    """padded tokens per forward/backward pass: distinct prompts x longest prompt (a group's answers share their
+    prompt's KV cache) + sequences x longest response; longest responses first (the loss does not depend on it)"""
     logprob_chunk: int = 128
     """response tokens per LM-head chunk: log-probs never hold the full (tokens x vocabulary) logits. 128:
     a 49k-vocabulary chunk stays ~25 MB, under glibc's mmap threshold, so CPU memory is reused, not re-faulted"""
