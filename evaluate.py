@@ -382,9 +382,7 @@ def main(argv=None):
                                                       device="cuda" if torch.cuda.is_available() else "cpu")
         if args.adapter:
             from peft import PeftModel
-            model = PeftModel.from_pretrained(model, args.adapter)
-            if next(model.parameters()).dtype == torch.float32:  # a bf16 weight cannot hold the delta: keep it apart
-                model = model.merge_and_unload()
+            model = PeftModel.from_pretrained(model, args.adapter)  # merged while generating where it can be
         # one length-sorted generate call per run over every benchmark's prompts, split back afterwards
         prompts = [rollout.question_ids(tok, r["question"]) for rows in bench.values() for r in rows]
         runs = []
@@ -394,7 +392,7 @@ def main(argv=None):
                 continue
             ids = rollout.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                    top_p=args.top_p, batch_size=args.batch_size, desc=f"run {j + 1}/{args.runs}",
-                                   static_cache=torch.cuda.is_available())
+                                   merge_lora=True, static_cache=torch.cuda.is_available())
             runs.append(tok.batch_decode(ids, skip_special_tokens=True))
         generations, offset = {}, 0
         for name, rows in bench.items():
