@@ -70,7 +70,8 @@ def truncate_tokens(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Critic backends: `critic(list of chat messages) -> list of critique texts (None = failed)`
+# Critic backends: `critic(list of chat messages) -> list of critique texts (None = failed)`.
+# Each counts calls, tokens in and out (what the official repo's users asked a step to cost).
 # ---------------------------------------------------------------------------------------------
 class HFCritic:
     """A local causal LM (any HF name or path, or the policy itself for self-critique)."""
@@ -80,11 +81,15 @@ class HFCritic:
         """gen_kw: rollout.generate's batch_size / merge_lora / static_cache."""
         self.model, self.tokenizer = model, tokenizer
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **gen_kw)
+        self.calls = self.tokens_in = self.tokens_out = 0
 
     def __call__(self, conversations: list[list[dict]]) -> list[str | None]:
         import rollout
         prompts = [rollout.chat_ids(self.tokenizer, c[-1]["content"], system=c[0]["content"]) for c in conversations]
         out = rollout.generate(self.model, self.tokenizer, prompts, desc="critique", **self.kw)
+        self.calls += len(prompts)
+        self.tokens_in += sum(map(len, prompts))
+        self.tokens_out += sum(map(len, out))
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
 
@@ -100,6 +105,7 @@ class APICritic:
         self.body = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
         self.timeout, self.retries, self.backoff, self.concurrency = timeout, retries, backoff, concurrency
         self.num_failures = 0  # calls that failed after every retry
+        self.calls = self.tokens_in = self.tokens_out = 0  # tokens as the endpoint's "usage" reports them
 
     def _one(self, messages: list[dict]) -> str | None:
         key = os.environ.get(self.api_key_env, "")
@@ -109,7 +115,11 @@ class APICritic:
             try:
                 req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    text = json.loads(resp.read())["choices"][0]["message"]["content"]
+                    reply = json.loads(resp.read())
+                text = reply["choices"][0]["message"]["content"]
+                self.calls += 1
+                self.tokens_in += int(reply.get("usage", {}).get("prompt_tokens", 0))
+                self.tokens_out += int(reply.get("usage", {}).get("completion_tokens", 0))
                 if isinstance(text, str) and text.strip():
                     return text
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError):

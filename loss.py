@@ -63,6 +63,22 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     return torch.where(off_policy[:, None], off, on)                                  # (N, R)
 
 
+def off_policy_health(logp: torch.Tensor, ent: torch.Tensor, mask: torch.Tensor, off_policy: torch.Tensor,
+                      old_logp: torch.Tensor, clip_eps: float | None, gamma: float | None) -> dict[str, torch.Tensor]:
+    """Sums (divide by the counts) that show whether off-policy training is healthy (the official repo's
+    issue 6: collapse with rising entropy): p and [Shape] f(p) of refinement tokens under the bare question,
+    token entropy of refinements vs initial responses, and how many initial tokens the [GRPO] clip cuts."""
+    off = mask & off_policy[:, None]                                                  # (N, R) refinement tokens
+    on = mask & ~off_policy[:, None]                                                  # (N, R) initial-response tokens
+    p = torch.exp(logp.detach())
+    ratio = torch.exp(logp.detach() - old_logp)
+    clipped = (ratio - 1).abs() > clip_eps if clip_eps is not None else torch.zeros_like(on)
+    return {"off_tokens": off.sum(), "off_p": (p * off).sum(),
+            "off_f": ((p if gamma is None else shaping(p, gamma)) * off).sum(),
+            "off_entropy": (ent.detach() * off).sum(), "on_tokens": on.sum(),
+            "on_entropy": (ent.detach() * on).sum(), "on_clipped": (clipped & on).sum()}
+
+
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, denom: float,
               seq_weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum over tokens (optionally weighted per sequence) / a constant denominator.

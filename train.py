@@ -106,6 +106,8 @@ class Config:
     """entropy bonus (token mean)"""
     kl_coef: float = 0.0
     """KL to the reference model (R1-GRPO baseline; the adapter-disabled model under LoRA); 0 = none"""
+    log_kl: bool = False
+    """log the KL to the reference model (metric `kl`) even when kl_coef is 0 (one more forward per micro-batch)"""
     temperature: float = 0.7
     """sampling temperature for initial responses and refinements (paper: 1.0; the 135M default model
     samples mostly noise at 1.0)"""
@@ -392,7 +394,7 @@ def main(argv=None):
         from peft import LoraConfig, get_peft_model
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
-    elif cfg.kl_coef > 0:  # full fine-tuning needs its own frozen copy as the KL reference
+    elif cfg.kl_coef > 0 or cfg.log_kl:  # full fine-tuning needs its own frozen copy as the KL reference
         ref_model = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
                                                      trust_remote_code=cfg.trust_remote_code)[0].eval()
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -496,6 +498,7 @@ def main(argv=None):
         if cfg.critique_type == "expert":  # no critique: one demonstration per group in scope
             to_refine = sorted({g[0] for g in groups if set(g) & set(to_refine)})
         qs = [rows[i // n_sample]["question"] for i in to_refine]
+        critic_before = {k_: getattr(critic, k_, 0) for k_ in ("calls", "tokens_in", "tokens_out")}
         critiques, fallbacks = critique.make_critiques(
             cfg.critique_type, questions=qs, responses=[texts[i] for i in to_refine],
             correct=[rewards[i] > 0 for i in to_refine], ground_truths=[gts[i] for i in to_refine],
@@ -568,6 +571,7 @@ def main(argv=None):
                         old_logp[idx, : lp.shape[1]] = lp.cpu()
             policy.train()
             sums = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0)
+            health = Counter()  # off-policy health sums (loss.off_policy_health)
             for mb in mb_groups:
                 in_mb = set(mb.tolist())
                 seqs = [i for i in range(N) if seq_group[i] in in_mb]
@@ -583,14 +587,16 @@ def main(argv=None):
                     per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
                                             clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, r)
                     pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
+                    health.update({k_: v.item() for k_, v in L.off_policy_health(
+                        logp, ent, mask.bool(), off_policy[idx].to(device), olp, cfg.clip_eps, cfg.gamma).items()})
                     ent = (ent * mask).sum() / n_tokens
                     total = pg - cfg.entropy_coef * ent
-                    if cfg.kl_coef > 0:
+                    if cfg.kl_coef > 0 or cfg.log_kl:
                         with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
                             ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
                                                                  entropy=False, **logp_kw)[0]
                         kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
-                        total = total + cfg.kl_coef * kl
+                        total = total + cfg.kl_coef * kl if cfg.kl_coef > 0 else total
                         sums["kl"] += kl.item()
                     total.backward()
                     sums["loss"] += total.item()
@@ -614,6 +620,12 @@ def main(argv=None):
                 if any(rewards[i] == 0 for i in to_refine) else float("nan"),
                 "refine/count": len(to_refine), "refine/groups": n_refined_groups, "refine/truncated": n_truncated,
                 "critic/fallbacks": fallbacks, "verify/timeouts": checker.num_timeouts,
+                **{f"critic/{k_}": getattr(critic, k_, 0) - critic_before[k_] for k_ in critic_before},
+                "offpolicy/p": health["off_p"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
+                "offpolicy/f_p": health["off_f"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
+                "offpolicy/entropy": health["off_entropy"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
+                "train/entropy_initial": health["on_entropy"] / max(health["on_tokens"], 1),
+                "train/clip_frac": health["on_clipped"] / max(health["on_tokens"], 1),
                 "train/entropy": sums["entropy"] / cfg.updates_per_batch,
                 "train/response_len": float(np.mean([len(r) for r in responses])),
                 "loss": sums["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],

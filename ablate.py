@@ -1,0 +1,164 @@
+"""Run a grid of train.py arms x seeds, one run per directory, resumable.
+
+    python ablate.py --arms dr_grpo,cg_gt,cg_indicative --seeds 0,1,2 --grid_dir runs/grid
+    python ablate.py --arms grpo,my_arm --arm "my_arm=--critique_type indicative --lr 3e-4" --max_steps 20
+    python ablate.py --arms dr_grpo,cg_gt --seeds 0,1,2,3 --gpus 0,1,2,3     # 4 runs side by side, one per GPU
+    python ablate.py --arms dr_grpo,cg_gt --seeds 0-7 --gpus 0,0,0,0         # 4 at a time sharing GPU 0
+
+An arm is a name and a set of train.py flags (PRESETS below, --arm NAME=FLAGS, or --arms_file with
+one `NAME=FLAGS` per line). Any flag ablate.py does not know (--model, --max_steps, ...) goes to every
+run. Run k of arm A lives in <grid_dir>/A/seed<k>/ (train.py's output_dir: config.json, metrics.jsonl,
+eval-<step>.jsonl, checkpoints, train.log). A run that finished holds DONE and is skipped when the grid
+is started again; one that was interrupted after a checkpoint continues with --resume, one interrupted
+before any checkpoint starts over. Summarise a grid with report.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# The paper's rows that fit one node (ALGORITHM.md, "Baselines and ablations"). Flags are train.py's.
+PRESETS: dict[str, str] = {
+    # no critique, no refinement
+    "grpo": "--critique_type none --aggregation seq_mean --scale_adv_by_std",  # 1/|y| and std scaling
+    "dr_grpo": "--critique_type none",  # our loss without refinements: constant normaliser, no std
+    "r1_grpo_kl": "--critique_type none --aggregation seq_mean --scale_adv_by_std --kl_coef 0.04",
+    # Critique-GRPO critique types (default: indicative with ground truth, one refinement per all-wrong group)
+    "cg_gt": "--critique_type indicative_gt",
+    "cg_indicative": "--critique_type indicative",
+    "cg_cot": "--critique_type cot",    # needs --critic_model DIR or --critic_base_url URL
+    "cg_self": "--critique_type self",
+    "cg_w2s": "--critique_type indicative_gt",  # weak-to-strong: add --refiner_model WEAKER_MODEL
+    "expert": "--critique_type expert",  # LUFFY-style: the reference solution joins the group
+    # refinement selection, shaping, scope and initial:refined ratio (group of 8)
+    "cg_random": "--selection random",
+    "cg_no_shaping": "--gamma none",
+    "cg_wrong": "--refine_scope wrong",
+    "cg_ratio_7_1": "--n_refine 1",
+    "cg_ratio_3_1": "--n_refine 2",
+    "cg_ratio_1_1": "--n_refine 4",
+}
+NEEDS = {"cg_w2s": ("--refiner_model",)}  # flags a preset cannot run without (train.py checks cot itself)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-4' or '0-2,7'."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        seeds += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return seeds
+
+
+def read_arms(args) -> dict[str, list[str]]:
+    defined = {name: flags.split() for name, flags in PRESETS.items()}
+    lines = list(args.arm)
+    if args.arms_file:
+        lines += [ln.strip() for ln in Path(args.arms_file).read_text().splitlines()
+                  if ln.strip() and not ln.lstrip().startswith("#")]
+    for line in lines:
+        name, eq, flags = line.partition("=")
+        if not eq or not name.strip():
+            raise SystemExit(f"error: an arm is NAME=FLAGS, got {line!r}")
+        defined[name.strip()] = flags.split()
+    names = [a for a in args.arms.split(",") if a] if args.arms else [ln.partition("=")[0].strip() for ln in lines]
+    unknown = [a for a in names if a not in defined]
+    if unknown:
+        raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}; "
+                         "define one with --arm NAME=FLAGS")
+    return {a: defined[a] for a in names}
+
+
+def run_command(run_dir: Path, arm_flags: list[str], common: list[str], seed: int) -> list[str]:
+    """train.py's command line for one run: what was finished is skipped by the caller; a run with a
+    checkpoint resumes; anything else in the directory (a start killed before its first checkpoint) is replaced."""
+    resume = any(run_dir.glob("checkpoint-*"))
+    return [sys.executable, "train.py", *common, *arm_flags, "--seed", str(seed), "--output_dir", str(run_dir),
+            "--resume" if resume else "--overwrite"]
+
+
+def final_accuracy(run_dir: Path) -> dict[str, tuple[float, float]]:
+    """{eval set: (first eval's accuracy, last eval's)} from metrics.jsonl."""
+    evals = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "eval/accuracy" in r]
+    if not evals:
+        return {}
+    sets = [k.split("/")[1] for k in evals[-1] if k.startswith("eval/") and k.count("/") == 2]
+    return {s: (evals[0][f"eval/{s}/accuracy"], evals[-1][f"eval/{s}/accuracy"]) for s in sets}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="other flags go to every train.py run")
+    ap.add_argument("--arms", default="", help=f"comma list of arm names (presets: {', '.join(PRESETS)})")
+    ap.add_argument("--arm", action="append", default=[], help="define an arm: NAME=FLAGS (repeatable)")
+    ap.add_argument("--arms_file", default=None, help="a file of NAME=FLAGS lines ('#' comments)")
+    ap.add_argument("--seeds", default="0,1,2", help="'0,1,2' or '0-4'")
+    ap.add_argument("--grid_dir", default="runs/grid")
+    ap.add_argument("--gpus", default="", help="comma list of CUDA device ids, one run at a time on each entry; "
+                                               "repeat an id to share a GPU ('0,0'); empty = one run at a time")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run when several run at once "
+                                                           "(0 = cores / runs)")
+    args, common = ap.parse_known_args(argv)
+    arms = read_arms(args)
+    for a in arms:
+        if a in NEEDS and not any(c.split("=")[0] in NEEDS[a] for c in common + arms[a]):
+            raise SystemExit(f"error: arm {a} needs {' or '.join(NEEDS[a])}")
+    grid = Path(args.grid_dir)
+    todo = [(a, s) for s in parse_seeds(args.seeds) for a in arms]  # seed-major: a partial grid stays balanced
+    slots = args.gpus.split(",") if args.gpus else [None]
+    threads = args.threads or max(1, (os.cpu_count() or 1) // len(slots))
+    grid.mkdir(parents=True, exist_ok=True)
+    (grid / "grid.json").write_text(json.dumps({"arms": {a: " ".join(f) for a, f in arms.items()},
+                                                "common": " ".join(common), "seeds": parse_seeds(args.seeds)}, indent=1))
+    lock, queue, failed = threading.Lock(), list(todo), []
+    t0 = time.perf_counter()
+
+    def worker(slot: str | None):
+        while True:
+            with lock:
+                if not queue:
+                    return
+                arm, seed = queue.pop(0)
+            run_dir = grid / arm / f"seed{seed}"
+            if (run_dir / "DONE").exists():
+                print(f"[{arm} seed {seed}] finished earlier, skipped", flush=True)
+                continue
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = run_command(run_dir, arms[arm], common, seed)
+            env = dict(os.environ)
+            if slot is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot
+            if len(slots) > 1:
+                env["OMP_NUM_THREADS"] = str(threads)
+            print(f"[{arm} seed {seed}] start{' on GPU ' + slot if slot is not None else ''}: "
+                  f"{' '.join(cmd[1:])}", flush=True)
+            start = time.perf_counter()
+            with open(run_dir / "train.log", "a") as log:
+                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).resolve().parent)
+            wall = time.perf_counter() - start
+            if rc != 0:
+                failed.append((arm, seed))
+                print(f"[{arm} seed {seed}] FAILED (exit {rc}) after {wall:.0f}s: see {run_dir / 'train.log'}", flush=True)
+                continue
+            (run_dir / "DONE").write_text(json.dumps({"wall_s": wall}))
+            acc = " | ".join(f"{s} {a:.3f} -> {b:.3f}" for s, (a, b) in final_accuracy(run_dir).items())
+            print(f"[{arm} seed {seed}] done in {wall:.0f}s: {acc}", flush=True)
+
+    threads_ = [threading.Thread(target=worker, args=(s,)) for s in slots]
+    for th in threads_:
+        th.start()
+    for th in threads_:
+        th.join()
+    print(f"grid {grid}: {len(todo) - len(failed)}/{len(todo)} runs finished in {time.perf_counter() - t0:.0f}s; "
+          f"summarise with: python report.py {grid}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
