@@ -8,7 +8,7 @@
 An arm is a name and a set of train.py flags (PRESETS below, --arm NAME=FLAGS, or --arms_file with
 one `NAME=FLAGS` per line). Any flag ablate.py does not know (--model, --max_steps, ...) goes to every
 run. Run k of arm A lives in <grid_dir>/A/seed<k>/ (train.py's output_dir: config.json, metrics.jsonl,
-eval-<step>.jsonl, checkpoints, train.log). A run that finished holds DONE and is skipped when the grid
+eval-<step>.jsonl, checkpoints), its console output in <grid_dir>/A/seed<k>.log. A run that finished holds DONE and is skipped when the grid
 is started again; one that was interrupted after a checkpoint continues with --resume, one interrupted
 before any checkpoint starts over. Summarise a grid with report.py.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -115,13 +116,13 @@ def main(argv=None):
     grid.mkdir(parents=True, exist_ok=True)
     (grid / "grid.json").write_text(json.dumps({"arms": {a: " ".join(f) for a, f in arms.items()},
                                                 "common": " ".join(common), "seeds": parse_seeds(args.seeds)}, indent=1))
-    lock, queue, failed = threading.Lock(), list(todo), []
+    lock, queue, failed, running, stop = threading.Lock(), list(todo), [], set(), threading.Event()
     t0 = time.perf_counter()
 
     def worker(slot: str | None):
         while True:
             with lock:
-                if not queue:
+                if not queue or stop.is_set():
                     return
                 arm, seed = queue.pop(0)
             run_dir = grid / arm / f"seed{seed}"
@@ -138,23 +139,48 @@ def main(argv=None):
             print(f"[{arm} seed {seed}] start{' on GPU ' + slot if slot is not None else ''}: "
                   f"{' '.join(cmd[1:])}", flush=True)
             start = time.perf_counter()
-            with open(run_dir / "train.log", "a") as log:
-                rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).resolve().parent)
+            with open(run_dir.with_suffix(".log"), "a") as log:  # beside the run: --overwrite empties run_dir
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=Path(__file__).resolve().parent)
+                running.add(proc)
+                rc = proc.wait()
+                running.discard(proc)
             wall = time.perf_counter() - start
+            if stop.is_set():
+                print(f"[{arm} seed {seed}] interrupted (exit {rc}); the next start continues it", flush=True)
+                continue
             if rc != 0:
                 failed.append((arm, seed))
-                print(f"[{arm} seed {seed}] FAILED (exit {rc}) after {wall:.0f}s: see {run_dir / 'train.log'}", flush=True)
+                print(f"[{arm} seed {seed}] FAILED (exit {rc}) after {wall:.0f}s: see {run_dir.with_suffix('.log')}", flush=True)
                 continue
             (run_dir / "DONE").write_text(json.dumps({"wall_s": wall}))
             acc = " | ".join(f"{s} {a:.3f} -> {b:.3f}" for s, (a, b) in final_accuracy(run_dir).items())
             print(f"[{arm} seed {seed}] done in {wall:.0f}s: {acc}", flush=True)
 
+    def on_sigterm(signum, frame):  # a scheduler's SIGTERM: stop like Ctrl-C, each run saves its checkpoint
+        for p in list(running):
+            p.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_sigterm)
     threads_ = [threading.Thread(target=worker, args=(s,)) for s in slots]
     for th in threads_:
         th.start()
-    for th in threads_:
-        th.join()
+    # Wait by polling: a Thread.join interrupted by Ctrl-C may return early the next time (CPython), and the
+    # grid must not exit while a run is still writing its checkpoint.
+    alive = lambda: any(th.is_alive() for th in threads_)
+    try:
+        while alive():
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C reached the runs too (one process group): they save a checkpoint and exit
+        stop.set()
+        print("interrupted: waiting for the running runs to save a checkpoint ...", flush=True)
+        while alive():
+            try:
+                time.sleep(0.2)
+            except KeyboardInterrupt:  # another Ctrl-C: the runs are saving; keep waiting for them
+                pass
+        print(f"grid {grid} stopped; run the same command again to continue it", flush=True)
+        return 130
     print(f"grid {grid}: {len(todo) - len(failed)}/{len(todo)} runs finished in {time.perf_counter() - t0:.0f}s; "
           f"summarise with: python report.py {grid}", flush=True)
     return 1 if failed else 0

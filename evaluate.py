@@ -18,6 +18,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import signal
 import time
 from collections import deque
 from multiprocessing.connection import wait
@@ -87,6 +88,10 @@ def math_equal(pred: str, gt: str) -> bool:
 # Checker: persistent worker processes, each killed and replaced if it overruns the timeout
 # ---------------------------------------------------------------------------------------------
 def _worker(conn):
+    # A forked worker inherits the trainer's Python signal handlers: on a Ctrl-C it would run train.py's
+    # "save a checkpoint and exit" with the state it was forked with, beside the real one. Its parent ends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import math_verify  # noqa: F401  -- imported once per worker, not per check
     math_equal("1", "1")  # sympy's LaTeX parser loads on first use: do it before the clock of any check runs
     conn.send("ready")

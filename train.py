@@ -629,7 +629,7 @@ def main(argv=None):
                 "train/entropy": sums["entropy"] / cfg.updates_per_batch,
                 "train/response_len": float(np.mean([len(r) for r in responses])),
                 "loss": sums["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
-                "kl": sums["kl"] / cfg.updates_per_batch, "skipped_steps": sums["skipped"],
+                "kl": sums["kl"] / cfg.updates_per_batch if cfg.kl_coef > 0 or cfg.log_kl else float("nan"), "skipped_steps": sums["skipped"],
                 **{f"time/{k_}": t[k_] - t[p_] for p_, k_ in zip(["start", "sample", "verify", "critique", "refine"],
                                                                  ["sample", "verify", "critique", "refine", "update"])},
                 "tokens_per_s": n_gen / max(t["sample"] - t["start"] + t["refine"] - t["critique"], 1e-9),

@@ -126,3 +126,20 @@ def test_kl_k3():
     assert L.kl_k3(torch.zeros(3), torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
     # ref - logp = ln 2: 2 - ln 2 - 1 = 0.306853
     assert L.kl_k3(torch.tensor([0.0]), torch.tensor([math.log(2)])).item() == pytest.approx(0.306853, abs=1e-6)
+
+
+def test_off_policy_health_by_hand():
+    # seq 0 (refinement): p = 0.5, 0.25, then padding; seq 1 (initial): ratios 0.5/0.4 = 1.25 (clipped at
+    # eps 0.2) and 1.0 (not), then padding
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.5, 0.3, 0.9]]))
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.4, 0.3, 0.9]]))
+    ent = torch.tensor([[1.0, 2.0, 9.0], [0.5, 0.7, 9.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    h = L.off_policy_health(logp, ent, mask, torch.tensor([True, False]), old, clip_eps=0.2, gamma=0.1)
+    assert h["off_tokens"] == 2 and h["on_tokens"] == 2
+    assert float(h["off_p"]) == pytest.approx(0.75)                      # 0.5 + 0.25
+    assert float(h["off_f"]) == pytest.approx(0.5 / 0.6 + 0.25 / 0.35)   # f(p) = p / (p + 0.1): 0.8333 + 0.7143
+    assert float(h["off_entropy"]) == pytest.approx(3.0) and float(h["on_entropy"]) == pytest.approx(1.2)
+    assert h["on_clipped"] == 1
+    no_shaping = L.off_policy_health(logp, ent, mask, torch.tensor([True, False]), old, clip_eps=None, gamma=None)
+    assert float(no_shaping["off_f"]) == pytest.approx(0.75) and no_shaping["on_clipped"] == 0

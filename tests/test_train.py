@@ -30,8 +30,18 @@ def test_two_steps_train_every_critique_type(tmp_path, tiny_model_dir, tiny_data
     assert [m["step"] for m in steps] == [1, 2]
     for key in ("train/reward", "refine/reward", "refine/fix_rate", "train/zero_adv_frac_before",
                 "train/zero_adv_frac_after", "train/entropy", "loss", "grad_norm", "time/sample", "time/update",
-                "verify/timeouts", "critic/fallbacks", "skipped_steps", "tokens_per_s"):
+                "verify/timeouts", "critic/fallbacks", "skipped_steps", "tokens_per_s", "critic/calls",
+                "critic/tokens_in", "critic/tokens_out", "offpolicy/p", "offpolicy/f_p", "offpolicy/entropy",
+                "train/entropy_initial", "train/clip_frac"):
         assert key in steps[0], key
+    if critique_type in ("cot", "self"):  # a model wrote the critiques: its calls and tokens are counted
+        assert all(m["critic/calls"] > 0 and m["critic/tokens_in"] > m["critic/tokens_out"] > 0 for m in steps)
+    else:
+        assert all(m["critic/calls"] == 0 for m in steps)
+    if critique_type != "none":  # p of refinement tokens is a probability, and so is f(p) = p / (p + 0.1)
+        assert all(0 < m["offpolicy/p"] <= 1 and 0 < m["offpolicy/f_p"] < 1 for m in steps)
+    if critique_type == "self":  # --gamma none: no shaping, f(p) = p
+        assert all(m["offpolicy/f_p"] == pytest.approx(m["offpolicy/p"]) for m in steps)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
     assert [m["step"] for m in metrics if "eval/accuracy" in m] == [0, 2]
     evals = [json.loads(line) for line in open(out / "eval-2.jsonl")]

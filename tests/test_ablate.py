@@ -1,0 +1,166 @@
+"""ablate.py (grid runner: interrupted and continued) and report.py (hand-worked table and bootstrap,
+the HTML report rendered by a real headless Chromium)."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ablate
+import report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_seeds_and_arms_parse():
+    assert ablate.parse_seeds("0-2,7") == [0, 1, 2, 7]
+    args = type("A", (), {"arm": ["mine=--lr 1e-3 --critique_type indicative"], "arms_file": None,
+                          "arms": "dr_grpo,mine"})
+    assert ablate.read_arms(args) == {"dr_grpo": ["--critique_type", "none"],
+                                      "mine": ["--lr", "1e-3", "--critique_type", "indicative"]}
+    args.arms = "nope"
+    with pytest.raises(SystemExit, match="unknown arm"):
+        ablate.read_arms(args)
+    with pytest.raises(SystemExit, match="needs --refiner_model"):
+        ablate.main(["--arms", "cg_w2s", "--grid_dir", "/nonexistent"])
+
+
+def test_grid_is_interrupted_and_continues_without_redoing_finished_runs(tmp_path, tiny_model_dir, tiny_data):
+    """Two arms x two seeds, one run at a time. Ctrl-C (SIGINT to the process group, as a terminal sends it)
+    once the first run is DONE and the second has a checkpoint; the same command then skips the first,
+    resumes the second from its checkpoint and runs the other two."""
+    grid = tmp_path / "grid"
+    cmd = [sys.executable, "ablate.py", "--arms", "dr_grpo,cg_gt", "--seeds", "0,1", "--grid_dir", str(grid),
+           "--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1], "--eval_limit", "2",
+           "--max_new_tokens", "8", "--prompts_per_step", "2", "--n_init", "4", "--max_steps", "4", "--save_every", "1",
+           "--eval_every", "0", "--samples_every", "3", "--dtype", "float32", "--refine_scope", "all"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    first, second = grid / "dr_grpo" / "seed0", grid / "cg_gt" / "seed0"
+    deadline = time.monotonic() + 600  # a generous bound for a busy machine; the events, not the time, decide
+    while not ((first / "DONE").exists() and (second / "checkpoint-1").exists()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the grid did not reach its second run"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and not (second / "DONE").exists()
+    assert not (grid / "dr_grpo" / "seed1").exists()  # nothing new started after Ctrl-C
+    saved = sorted(int(p.name.split("-")[1]) for p in second.glob("checkpoint-*[0-9]"))
+    assert not list(second.glob("*.tmp")), second.with_suffix(".log").read_text()
+    assert saved and saved[-1] < 4
+    first_metrics = (first / "metrics.jsonl").read_text()
+
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900).stdout
+    assert "[dr_grpo seed 0] finished earlier, skipped" in out
+    assert (first / "metrics.jsonl").read_text() == first_metrics  # not run again
+    assert f"resumed from {second / f'checkpoint-{saved[-1]}'}" in second.with_suffix(".log").read_text()
+    assert "4/4 runs finished" in out
+    for arm in ("dr_grpo", "cg_gt"):
+        for seed in (0, 1):
+            steps = [json.loads(x)["step"] for x in open(grid / arm / f"seed{seed}" / "metrics.jsonl")]
+            assert [s for s in steps if s][-1] == 4 and (grid / arm / f"seed{seed}" / "DONE").exists()
+    assert json.loads((grid / "grid.json").read_text())["arms"] == {"dr_grpo": "--critique_type none",
+                                                                      "cg_gt": "--critique_type indicative_gt"}
+
+
+def test_paired_bootstrap_hand_worked():
+    # every (seed, question) pair differs by the same amount: the interval is that amount
+    a, b = np.ones((3, 4)), np.zeros((3, 4))
+    assert report.paired_bootstrap(a, b) == (1.0, 1.0, 1.0)
+    # one seed, two questions, differences 0 and 1: a resample's mean is 0, 1/2 or 1 with chance 1/4, 1/2, 1/4,
+    # so the 2.5 % percentile falls among the zeros and the 97.5 % among the ones
+    assert report.paired_bootstrap(np.array([[1.0, 1.0]]), np.array([[1.0, 0.0]])) == (0.5, 0.0, 1.0)
+    # pairing matters: the same 0/1 vectors unpaired would give a wide interval; paired, identical arms give 0
+    x = np.array([[1.0, 0.0, 1.0, 0.0]])
+    assert report.paired_bootstrap(x, x) == (0.0, 0.0, 0.0)
+
+
+def fake_run(root: Path, arm: str, seed: int, before: list[int], after: list[int], wall: float):
+    run = root / arm / f"seed{seed}"
+    run.mkdir(parents=True)
+    for step, correct in ((0, before), (10, after)):
+        (run / f"eval-{step}.jsonl").write_text("".join(
+            json.dumps({"set": "test", "question": f"q{i}", "correct": bool(c)}) + "\n" for i, c in enumerate(correct)))
+    metrics = [{"step": 0, "eval/accuracy": np.mean(before)}]
+    metrics += [{"step": s, "train/reward": s / 10, "train/entropy": 1 - s / 20, "refine/fix_rate": 0.5 if arm != "ref" else float("nan")}
+                for s in range(1, 11)]
+    metrics += [{"step": 10, "eval/accuracy": np.mean(after)}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    samples = []
+    for q, rewards in (("What is 2+2?", [0, 0]), ("What is 3+3?", [1, 0])):
+        for r in rewards:
+            s = {"step": 10, "question": q, "response": f"answer {r}", "reward": r}
+            if q == "What is 2+2?":
+                s.update(critique="The generated solution is incorrect.", refinement="4", refinement_reward=seed % 2)
+            samples.append(s)
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    (run / "DONE").write_text(json.dumps({"wall_s": wall}))
+
+
+@pytest.fixture
+def hand_grid(tmp_path):
+    """ref answers 2 of 4 questions right in both seeds; x answers 3 of 4 in seed 0 and 1 of 4 in seed 1."""
+    g = tmp_path / "grid"
+    fake_run(g, "ref", 0, [0, 0, 0, 0], [1, 1, 0, 0], 100.0)
+    fake_run(g, "ref", 1, [0, 0, 0, 0], [1, 1, 0, 0], 120.0)
+    fake_run(g, "x", 0, [0, 0, 0, 0], [1, 1, 1, 0], 200.0)
+    fake_run(g, "x", 1, [0, 0, 0, 0], [1, 0, 0, 0], 220.0)
+    (g / "x" / "seed2").mkdir()  # unfinished (no DONE): left out
+    return g
+
+
+def test_report_table_by_hand(hand_grid, capsys):
+    report.main([str(hand_grid), "--ref", "ref"])
+    md = (hand_grid / "report" / "report.md").read_text()
+    # x: seeds 75 % and 25 % -> mean 50.0, std (n - 1) = sqrt(((.25)^2 + (.25)^2) / 1) = 35.4; ref: 50.0 +- 0.0
+    # paired differences (seed, question): seed 0: 0 0 +1 0, seed 1: 0 -1 0 0 -> mean 0
+    row = next(line for line in md.splitlines() if line.startswith("| x |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["x", "2", "0.0", "50.0 ± 35.4"]
+    lo, hi = map(float, re.search(r"\+0\.0 \[([-+]\d+\.\d), ([-+]\d+\.\d)\]", cells[4]).groups())
+    assert lo < 0 < hi and cells[5] == "not separable" and cells[6] == "210"
+    assert "| ref | 2 | 0.0 | 50.0 ± 0.0 | reference |" in md
+    assert md.split("![curves]")[0].strip() in capsys.readouterr().out  # the console gets the same table
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (Debian: apt-get install chromium); "
+                                              "the HTML report is checked in a real browser")
+def test_html_report_renders_in_headless_chromium(hand_grid, tmp_path):
+    report.main([str(hand_grid), "--ref", "ref"])
+    page = (hand_grid / "report" / "report.html").resolve()
+
+    def dom(fragment: str = "") -> str:
+        return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                               "--dump-dom", page.as_uri() + fragment],
+                              capture_output=True, text=True, timeout=120).stdout
+
+    html = dom()
+    cards = lambda page: page.split('<div id="cards">')[1].split("<script>")[0].split('<div class="card">')[1:]
+    assert "<td>x</td><td>2</td>" in html and "<td>ref</td>" in html                 # the table
+    width = re.search(r'data-curves-width="(\d+)"', html)
+    assert width and int(width.group(1)) > 500                                         # the curves decoded
+    # 2 runs x 2 arms x 2 questions = 8 sample groups, each a card
+    assert len(cards(html)) == 8 and "8 of 8 groups" in html
+    assert "critique: The generated solution is incorrect." in html
+    filtered = dom("#arm=x&allwrong=1")                                                # x's all-wrong groups
+    assert len(cards(filtered)) == 2 and "2 of 8 groups" in filtered
+    assert all("x · seed" in c and "all wrong" in c for c in cards(filtered))
+    fixed = dom("#fixed=fixed")                                                        # seed 1 fixed its group
+    assert len(cards(fixed)) == 2 and all("seed 1" in c and "· fixed" in c for c in cards(fixed))
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                    f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
