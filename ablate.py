@@ -44,6 +44,11 @@ PRESETS: dict[str, str] = {
     "cg_ratio_7_1": "--n_refine 1",
     "cg_ratio_3_1": "--n_refine 2",
     "cg_ratio_1_1": "--n_refine 4",
+    # supervised baselines in the same loop (token-mean NLL of chosen texts)
+    "sft": "--baseline sft",
+    "raft": "--baseline raft",
+    "refine_ft": "--baseline refine_ft",
+    "critique_ft": "--baseline critique_ft --critique_type cot",  # needs --critic_model DIR or --critic_base_url
 }
 NEEDS = {"cg_w2s": ("--refiner_model",)}  # flags a preset cannot run without (train.py checks cot itself)
 

@@ -45,6 +45,11 @@ def indicative_gt(correct: bool, ground_truth: str) -> str:
     return f"The generated solution is {'correct' if correct else 'incorrect'}, the ground truth is {ground_truth}."
 
 
+def reference_or_answer(reference: str | None, ground_truth: str) -> str:
+    """What the CoT critic compares against: the reference solution, else the bare final answer."""
+    return reference or f"The final answer is \\boxed{{{ground_truth}}}."
+
+
 def critic_messages(question: str, answer: str, reference: str) -> list[dict]:
     return [{"role": "system", "content": CRITIC_SYSTEM_PROMPT},
             {"role": "user", "content": CRITIC_USER_TEMPLATE.format(question=question, answer=answer,
@@ -151,7 +156,7 @@ def make_critiques(critique_type: str, *, questions: list[str], responses: list[
     for _ in range(tries):
         if not todo:
             break
-        refs = [references[i] or f"The final answer is \\boxed{{{ground_truths[i]}}}." for i in todo]
+        refs = [reference_or_answer(references[i], ground_truths[i]) for i in todo]
         texts = critic([critic_messages(questions[i], responses[i], r) for i, r in zip(todo, refs)])
         for i, t in zip(todo, texts):
             if verdict_agrees(t):

@@ -77,6 +77,11 @@ class Config:
     """none = plain GRPO; indicative: 'correct/incorrect'; indicative_gt: + ground truth; cot: a critic
     model explains the errors; self: the policy writes the CoT critique; expert: no critique, the
     reference solution joins the group instead of a refinement (LUFFY-style baseline)"""
+    baseline: Literal["none", "sft", "raft", "refine_ft", "critique_ft"] = "none"
+    """a supervised baseline in the same loop: token-mean NLL of chosen texts replaces steps 5-7's RL loss.
+    sft: the reference solutions (still samples, to log train/reward); raft: the policy's own correct
+    samples; refine_ft: correct refinements of wrong answers, as answers to the bare question;
+    critique_ft: the critic's critiques, under the critique prompt (needs --critique_type cot)"""
     prompts_per_step: int = 4
     """B: questions per step (released: 128)"""
     n_init: int = 8
@@ -225,6 +230,10 @@ def validate(cfg: Config):
                         "use --gamma none for no shaping")
     if cfg.critique_type == "cot" and not (cfg.critic_model or cfg.critic_base_url):
         problems.append("--critique_type cot needs --critic_model (local HF model) or --critic_base_url (API endpoint)")
+    if cfg.baseline == "refine_ft" and cfg.critique_type in ("none", "expert"):
+        problems.append("--baseline refine_ft trains on critique-guided refinements: pick a --critique_type with a critique")
+    if cfg.baseline == "critique_ft" and cfg.critique_type != "cot":
+        problems.append("--baseline critique_ft trains on a critic's critiques: needs --critique_type cot")
     if cfg.prompts_per_step % cfg.updates_per_batch:
         problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by "
                         f"--updates_per_batch {cfg.updates_per_batch}")
@@ -337,6 +346,32 @@ def policy_tokens(tok, text: str, R: int) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"][: R - 1] + [tok.eos_token_id]
 
 
+def supervised_targets(baseline: str, *, tok, rows: list[dict], prompt_ids: list[list[int]], n: int,
+                       responses: list[list[int]], rewards: list[float], to_refine: list[int],
+                       refinements: list[list[int]], refine_rewards: list[float], critiques: list[str],
+                       R: int, critique_R: int) -> list[tuple[int, list[int], list[int]]]:
+    """(question index, prompt, response) a supervised baseline trains on this step; response i belongs to
+    question i // n. refine_ft keeps only refinements that fixed a wrong answer, under the BARE question;
+    critique_ft keeps only critiques in which the critic itself found the error (not the fallbacks)."""
+    if baseline == "sft":
+        return [(g, prompt_ids[g], policy_tokens(tok, r["solution"], R)) for g, r in enumerate(rows)]
+    if baseline == "raft":
+        return [(i // n, prompt_ids[i // n], responses[i]) for i in range(len(responses)) if rewards[i] > 0]
+    if baseline == "refine_ft":
+        return [(i // n, prompt_ids[i // n], refinements[j]) for j, i in enumerate(to_refine)
+                if rewards[i] == 0 and refine_rewards[j] > 0]
+    assert baseline == "critique_ft", baseline
+    out = []
+    for j, i in enumerate(to_refine):
+        if critique.verdict_agrees(critiques[j]):
+            q = rows[i // n]
+            msgs = critique.critic_messages(q["question"], tok.decode(responses[i], skip_special_tokens=True),
+                                            critique.reference_or_answer(q.get("solution"), q["answer"]))
+            out.append((i // n, rollout.chat_ids(tok, msgs[-1]["content"], system=msgs[0]["content"]),
+                        policy_tokens(tok, critiques[j], critique_R)))
+    return out
+
+
 def write_jsonl(path: Path, records: list[dict], mode: str = "a"):
     with open(path, mode) as f:
         for r in records:
@@ -407,6 +442,9 @@ def main(argv=None):
         refiner, rtok = rollout.load_model_and_tokenizer(cfg.refiner_model, dtype=cfg.dtype, device=device,
                                                          trust_remote_code=cfg.trust_remote_code)
         refiner.eval()
+    if cfg.baseline == "sft" and not all(r.get("solution") for r in train_rows):
+        raise SystemExit("error: --baseline sft trains on the reference solutions: every training question needs one "
+                         "(name its column with --solution_key)")
     if cfg.critique_type == "expert" and not all(r.get("solution") for r in train_rows):
         raise SystemExit("error: --critique_type expert needs a reference solution for every training question "
                          "(name its column with --solution_key)")
@@ -426,8 +464,8 @@ def main(argv=None):
     if cfg.resume and (ckpt := latest_checkpoint(out)):
         start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora)
         print(f"resumed from {ckpt} at step {start}")
-    n_sample = cfg.n_init - cfg.n_refine if (cfg.group_mode == "append" and cfg.critique_type != "none") else cfg.n_init
-    k = cfg.n_refine if cfg.critique_type != "none" else 0
+    k = cfg.n_refine if cfg.critique_type != "none" and cfg.baseline not in ("sft", "raft") else 0
+    n_sample = cfg.n_init - k if cfg.group_mode == "append" else cfg.n_init  # k refinements join each group
     R = cfg.max_new_tokens
     accuracy = {}
     finished = {"step": start, "rng": rng_state(select_rng)}  # the state a Ctrl-C checkpoint holds
@@ -555,14 +593,25 @@ def main(argv=None):
             seq_weights = torch.tensor([R / max(len(r), 1) for r in seq_resp])
         else:
             seq_weights = torch.ones(N)
+        if cfg.baseline != "none":  # a supervised baseline trains these texts instead, with token-mean NLL (step 7)
+            targets = supervised_targets(cfg.baseline, tok=tok, rows=rows, prompt_ids=prompt_ids, n=n_sample,
+                                         responses=responses, rewards=rewards, to_refine=to_refine,
+                                         refinements=refinements, refine_rewards=refine_rewards, critiques=critiques,
+                                         R=R, critique_R=cfg.critic_max_new_tokens)
+            seq_group, seq_prompt, seq_resp = (list(x) for x in zip(*targets)) if targets else ([], [], [])
+            N = len(seq_resp)
+            advantages, off_policy, seq_weights = torch.zeros(N), torch.zeros(N, dtype=torch.bool), torch.ones(N)
+            m.update({"baseline/examples": N, "baseline/mean_len": float(np.mean([len(r) for r in seq_resp])) if N else 0.0})
+            if not N:
+                print(f"step {step + 1}: --baseline {cfg.baseline} has nothing to train on; no optimizer step", flush=True)
 
         with stop.deferred():  # a Ctrl-C here waits for the step to finish
             # ---- 7. Loss and 8. Optimise: updates_per_batch optimizer steps, each over whole groups ----
-            batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id)    # distinct prompts (U, P), responses (N, Rb)
+            batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id) if N else None  # prompts (U, P), responses (N, Rb)
             logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
             mb_groups = np.array_split(np.arange(B), cfg.updates_per_batch)
             old_logp = None
-            if cfg.updates_per_batch > 1:  # later mini-batches see a changed policy: need pi_old explicitly
+            if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: need pi_old explicitly
                 old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
                 with torch.no_grad():
                     for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
@@ -575,6 +624,9 @@ def main(argv=None):
             for mb in mb_groups:
                 in_mb = set(mb.tolist())
                 seqs = [i for i in range(N) if seq_group[i] in in_mb]
+                if not seqs:  # a baseline step with nothing to train on (no correct sample, no fix): no optimizer step
+                    sums["skipped"] += 1
+                    continue
                 # constants for the whole mini-batch, so micro-batching never changes the loss
                 denom = (len(mb) if cfg.aggregation == "paper" else len(seqs)) * R
                 n_tokens = max(int(batch["response_mask"][seqs].sum()), 1)
@@ -584,9 +636,12 @@ def main(argv=None):
                     logp, ent = rollout.response_logprobs(policy, micro, **logp_kw)                       # (n, r)
                     mask = micro["response_mask"]                                                       # (n, r)
                     olp = logp.detach() if old_logp is None else old_logp[idx, : logp.shape[1]].to(device)  # ratio 1 at theta_old
-                    per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
-                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                      # (n, r)
-                    pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
+                    if cfg.baseline == "none":
+                        per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
+                                                clip_eps=cfg.clip_eps, gamma=cfg.gamma)                  # (n, r)
+                        pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
+                    else:  # supervised baselines: token mean of -log p over the mini-batch's real tokens
+                        pg = L.aggregate(-logp, mask, n_tokens)
                     health.update({k_: v.item() for k_, v in L.off_policy_health(
                         logp, ent, mask.bool(), off_policy[idx].to(device), olp, cfg.clip_eps, cfg.gamma).items()})
                     ent = (ent * mask).sum() / n_tokens

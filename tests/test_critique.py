@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         payload = b"not json" if what == "GARBAGE" else json.dumps(
-            {"choices": [{"message": {"content": what}}]}).encode()
+            {"choices": [{"message": {"content": what}}], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -132,6 +132,7 @@ def test_api_critic_retries_then_succeeds(server, monkeypatch):
     assert auth == "Bearer sk-secret" and body["model"] == "gpt-4o" and body["temperature"] == 0.7
     assert body["top_p"] == 0.75 and body["messages"][0]["content"] == C.CRITIC_SYSTEM_PROMPT
     assert critic.num_failures == 0 and "sk-secret" not in repr(vars(critic))
+    assert (critic.calls, critic.tokens_in, critic.tokens_out) == (1, 11, 7)  # from the endpoint's "usage"
 
 
 def test_api_critic_failure_falls_back_to_ground_truth(server):
