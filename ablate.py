@@ -50,6 +50,12 @@ PRESETS: dict[str, str] = {
     "refine_ft": "--baseline refine_ft",
     "critique_ft": "--baseline critique_ft --critique_type cot",  # needs --critic_model DIR or --critic_base_url
 }
+# Named comparisons: --arms accepts these names too
+GROUPS: dict[str, str] = {
+    "paper_critiques": "dr_grpo,cg_gt,cg_indicative,cg_no_shaping",   # the README's Results grid
+    "critique_or_answer": "cg_indicative,cg_gt,expert",  # is the gain the critique, or just a correct answer?
+    "baselines": "sft,raft,refine_ft",
+}
 NEEDS = {"cg_w2s": ("--refiner_model",)}  # flags a preset cannot run without (train.py checks cot itself)
 
 
@@ -74,6 +80,7 @@ def read_arms(args) -> dict[str, list[str]]:
             raise SystemExit(f"error: an arm is NAME=FLAGS, got {line!r}")
         defined[name.strip()] = flags.split()
     names = [a for a in args.arms.split(",") if a] if args.arms else [ln.partition("=")[0].strip() for ln in lines]
+    names = list(dict.fromkeys(n for a in names for n in (GROUPS[a].split(",") if a in GROUPS else [a])))
     unknown = [a for a in names if a not in defined]
     if unknown:
         raise SystemExit(f"error: unknown arm(s) {', '.join(unknown)}; presets: {', '.join(PRESETS)}; "
@@ -98,15 +105,36 @@ def final_accuracy(run_dir: Path) -> dict[str, tuple[float, float]]:
     return {s: (evals[0][f"eval/{s}/accuracy"], evals[-1][f"eval/{s}/accuracy"]) for s in sets}
 
 
+def evaluate_run(run_dir: Path, eval_args: list[str]):
+    """evaluate.py on a finished run's last checkpoint, once (a run already scored is skipped)."""
+    if not (run_dir / "DONE").exists() or (run_dir / "evaluate" / "results.json").exists():
+        return
+    cfg = json.loads((run_dir / "config.json").read_text())
+    last = max(run_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[-1]))
+    weights = ["--model", cfg["model"], "--adapter", str(last)] if cfg["lora"] else ["--model", str(last)]
+    cmd = [sys.executable, "evaluate.py", *weights, "--dtype", cfg["dtype"],
+           "--output_dir", str(run_dir / "evaluate"), *eval_args]
+    print(f"[{run_dir.parent.name} seed {run_dir.name.removeprefix('seed')}] evaluate: {' '.join(cmd[1:])}", flush=True)
+    with open(run_dir.with_suffix(".log"), "a") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent)
+    if rc != 0:
+        print(f"  evaluate.py FAILED (exit {rc}): see {run_dir.with_suffix('.log')}", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="other flags go to every train.py run")
-    ap.add_argument("--arms", default="", help=f"comma list of arm names (presets: {', '.join(PRESETS)})")
+    ap.add_argument("--arms", default="", help=f"comma list of arm names (presets: {', '.join(PRESETS)}) or "
+                                               f"groups of them ({', '.join(f'{g}={a}' for g, a in GROUPS.items())})")
     ap.add_argument("--arm", action="append", default=[], help="define an arm: NAME=FLAGS (repeatable)")
     ap.add_argument("--arms_file", default=None, help="a file of NAME=FLAGS lines ('#' comments)")
     ap.add_argument("--seeds", default="0,1,2", help="'0,1,2' or '0-4'")
     ap.add_argument("--grid_dir", default="runs/grid")
     ap.add_argument("--gpus", default="", help="comma list of CUDA device ids, one run at a time on each entry; "
                                                "repeat an id to share a GPU ('0,0'); empty = one run at a time")
+    ap.add_argument("--evaluate", default=None, metavar="ARGS",
+                    help="after the runs, score each run's last checkpoint with evaluate.py ARGS (e.g. \"--data "
+                         "../shared/data/critique_grpo_eval.parquet --max_new_tokens 1024\"); results in "
+                         "<run>/evaluate/, read by report.py. The held-out sets train.py scores need nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run when several run at once "
                                                            "(0 = cores / runs)")
     args, common = ap.parse_known_args(argv)
@@ -186,6 +214,9 @@ def main(argv=None):
                 pass
         print(f"grid {grid} stopped; run the same command again to continue it", flush=True)
         return 130
+    if args.evaluate is not None:
+        for arm, seed in todo:
+            evaluate_run(grid / arm / f"seed{seed}", args.evaluate.split())
     print(f"grid {grid}: {len(todo) - len(failed)}/{len(todo)} runs finished in {time.perf_counter() - t0:.0f}s; "
           f"summarise with: python report.py {grid}", flush=True)
     return 1 if failed else 0

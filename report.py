@@ -26,7 +26,9 @@ CURVES = [  # (metric key in metrics.jsonl, panel title)
     ("train/entropy", "entropy"), ("train/zero_adv_frac_before", "zero-advantage groups, before mixing"),
     ("train/zero_adv_frac_after", "zero-advantage groups, after mixing"), ("refine/fix_rate", "refinement fix rate"),
     ("critic/tokens_out", "critic tokens out"), ("offpolicy/p", "refinement tokens: mean p"),
-    ("kl", "KL to the base model (--log_kl)"),
+    ("offpolicy/f_p", "refinement tokens: mean f(p)"), ("offpolicy/entropy", "entropy of refinement tokens"),
+    ("train/entropy_initial", "entropy of initial-answer tokens"), ("train/clip_frac", "clipped fraction"),
+    ("kl", "KL to the base model (--log_kl)"), ("baseline/examples", "examples trained (baselines)"),
 ]
 
 
@@ -41,12 +43,26 @@ def load_grid(dirs: list[str]) -> dict[str, dict[int, dict]]:
         for done in sorted(d.glob("*/seed*/DONE")):
             run, arm, seed = done.parent, done.parent.parent.name, int(done.parent.name.removeprefix("seed"))
             evals = {int(p.stem.split("-")[1]): read_jsonl(p) for p in run.glob("eval-*.jsonl")}
+            # ablate.py --evaluate: evaluate.py's per-generation records; a question's score is its pass@1
+            extra = [dict(g, set="evaluate:" + g["benchmark"]) for g in read_jsonl(run / "evaluate" / "generations.jsonl")]
+            if extra:
+                last = max(evals)
+                evals[last] = evals[last] + pass_at_1(extra)
             arms.setdefault(arm, {})[seed] = {"metrics": read_jsonl(run / "metrics.jsonl"), "evals": evals,
                                               "samples": read_jsonl(run / "samples.jsonl"),
                                               "wall": json.loads(done.read_text() or "{}").get("wall_s")}
     if not arms:
         raise SystemExit(f"error: no finished run (a seed<k>/ folder with DONE) under {', '.join(dirs)}")
     return arms
+
+
+def pass_at_1(generations: list[dict]) -> list[dict]:
+    """evaluate.py's records (one per benchmark, question and run) -> one per question, `correct` the mean
+    over its runs (no step-0 score: their "step 0" column stays empty)."""
+    by_q: dict[tuple, list[float]] = {}
+    for g in generations:
+        by_q.setdefault((g["set"], g["index"]), []).append(float(g["correct"]))
+    return [{"set": s, "index": i, "correct": float(np.mean(v))} for (s, i), v in by_q.items()]
 
 
 def correctness(run: dict, eval_set: str, step: int | None = None) -> np.ndarray:
@@ -81,7 +97,8 @@ def tables(arms: dict, ref: str, n_boot: int) -> dict[str, list[dict]]:
         for arm, runs in arms.items():
             seeds = sorted(runs)
             after = [correctness(runs[k], s).mean() for k in seeds]
-            before = [correctness(runs[k], s, min(runs[k]["evals"])).mean() for k in seeds]
+            first = [correctness(runs[k], s, min(runs[k]["evals"])) for k in seeds]
+            before = [c.mean() if c.size else float("nan") for c in first]  # nan: scored only after training
             row = {"arm": arm, "seeds": seeds, "before": float(np.mean(before)), "after": float(np.mean(after)),
                    "std": float(np.std(after, ddof=1)) if len(after) > 1 else float("nan"),
                    "wall": float(np.mean([runs[k]["wall"] or float("nan") for k in seeds]))}
@@ -124,8 +141,8 @@ def curves_png(arms: dict) -> bytes:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    present = [(k, t) for k, t in CURVES if any(k in m for runs in arms.values() for r in runs.values()
-                                                 for m in r["metrics"])]
+    present = [(k, t) for k, t in CURVES if any(isinstance(m.get(k), (int, float)) and not math.isnan(m[k])
+                                                 for runs in arms.values() for r in runs.values() for m in r["metrics"])]
     cols = 3
     fig, axes = plt.subplots(math.ceil(len(present) / cols), cols, figsize=(5 * cols, 3.2 * math.ceil(len(present) / cols)),
                              squeeze=False)

@@ -1,6 +1,7 @@
 """ablate.py (grid runner: interrupted and continued) and report.py (hand-worked table and bootstrap,
 the HTML report rendered by a real headless Chromium)."""
 import json
+import math
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ def test_seeds_and_arms_parse():
                           "arms": "dr_grpo,mine"})
     assert ablate.read_arms(args) == {"dr_grpo": ["--critique_type", "none"],
                                       "mine": ["--lr", "1e-3", "--critique_type", "indicative"]}
+    args.arms = "critique_or_answer,cg_gt"  # a group expands; an arm named twice runs once
+    assert list(ablate.read_arms(args)) == ["cg_indicative", "cg_gt", "expert"]
     args.arms = "nope"
     with pytest.raises(SystemExit, match="unknown arm"):
         ablate.read_arms(args)
@@ -59,7 +62,8 @@ def test_grid_is_interrupted_and_continues_without_redoing_finished_runs(tmp_pat
     assert saved and saved[-1] < 4
     first_metrics = (first / "metrics.jsonl").read_text()
 
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900).stdout
+    out = subprocess.run(cmd + ["--evaluate", f"--data {tiny_data[1]} --max_new_tokens 8 --runs 1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900).stdout
     assert "[dr_grpo seed 0] finished earlier, skipped" in out
     assert (first / "metrics.jsonl").read_text() == first_metrics  # not run again
     assert f"resumed from {second / f'checkpoint-{saved[-1]}'}" in second.with_suffix(".log").read_text()
@@ -68,6 +72,15 @@ def test_grid_is_interrupted_and_continues_without_redoing_finished_runs(tmp_pat
         for seed in (0, 1):
             steps = [json.loads(x)["step"] for x in open(grid / arm / f"seed{seed}" / "metrics.jsonl")]
             assert [s for s in steps if s][-1] == 4 and (grid / arm / f"seed{seed}" / "DONE").exists()
+    # --evaluate scored every run's last checkpoint with evaluate.py; report.py adds it as one more set
+    for arm in ("dr_grpo", "cg_gt"):
+        for seed in (0, 1):
+            res = json.loads((grid / arm / f"seed{seed}" / "evaluate" / "results.json").read_text())
+            assert res["adapter"].endswith("checkpoint-4") and list(res["benchmarks"]) == ["test"]
+    tabs = report.tables(report.load_grid([str(grid)]), "dr_grpo", n_boot=100)
+    assert list(tabs) == ["test", "evaluate:test"]  # train.py's held-out set, then evaluate.py's benchmark
+    row = tabs["evaluate:test"][0]
+    assert math.isnan(row["before"]) and 0 <= row["after"] <= 1
     assert json.loads((grid / "grid.json").read_text())["arms"] == {"dr_grpo": "--critique_type none",
                                                                       "cg_gt": "--critique_type indicative_gt"}
 
