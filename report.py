@@ -132,6 +132,8 @@ def markdown(tabs: dict, ref: str) -> str:
                 delta, verdict = ("reference", "") if r["arm"] == ref else ("no paired seeds", "")
             parts.append(f"| {r['arm']} | {len(r['seeds'])} | {pct(r['before'])} | {pct(r['after'])} ± {pct(r['std'])} "
                          f"| {delta} | {verdict} | {r['wall']:.0f} |")
+        if any(r.get("paired_seeds") == 1 for r in rows):
+            parts.append("\nWith one paired seed an interval covers question sampling only, not seed-to-seed noise.")
         parts.append("")
     return "\n".join(parts)
 
