@@ -178,7 +178,10 @@ def main(argv=None):
                 running.add(proc)
                 rc = proc.wait()
                 running.discard(proc)
-            wall = time.perf_counter() - start
+            spent = run_dir / "ablate_wall.json"  # wall of earlier, interrupted attempts that this one resumed
+            wall = time.perf_counter() - start + (json.loads(spent.read_text())["wall_s"] if spent.exists() else 0.0)
+            if run_dir.exists():
+                spent.write_text(json.dumps({"wall_s": wall}))
             if stop.is_set():
                 print(f"[{arm} seed {seed}] interrupted (exit {rc}); the next start continues it", flush=True)
                 continue

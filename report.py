@@ -195,7 +195,7 @@ def sample_cards(arms: dict) -> list[dict]:
 
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Critique-GRPO report</title><style>
-body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}table{border-collapse:collapse;margin:.5em 0 1.5em}
+body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}#curves{max-width:100%}table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}
 .card{border:1px solid #bbb;border-radius:6px;margin:.6em 0;padding:.5em .8em}.meta{color:#666;font-size:.85em}
 .ans{white-space:pre-wrap;font-family:monospace;font-size:.85em;margin:.3em 0;padding:.3em;border-left:4px solid #ccc}
