@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from train import latest_checkpoint  # the one rule for "a finished checkpoint" (not a half-written .tmp)
+
 # The paper's rows that fit one node (ALGORITHM.md, "Baselines and ablations"). Flags are train.py's.
 PRESETS: dict[str, str] = {
     # no critique, no refinement
@@ -91,7 +93,7 @@ def read_arms(args) -> dict[str, list[str]]:
 def run_command(run_dir: Path, arm_flags: list[str], common: list[str], seed: int) -> list[str]:
     """train.py's command line for one run: what was finished is skipped by the caller; a run with a
     checkpoint resumes; anything else in the directory (a start killed before its first checkpoint) is replaced."""
-    resume = any(run_dir.glob("checkpoint-*"))
+    resume = latest_checkpoint(run_dir) is not None
     return [sys.executable, "train.py", *common, *arm_flags, "--seed", str(seed), "--output_dir", str(run_dir),
             "--resume" if resume else "--overwrite"]
 
@@ -110,7 +112,7 @@ def evaluate_run(run_dir: Path, eval_args: list[str]):
     if not (run_dir / "DONE").exists() or (run_dir / "evaluate" / "results.json").exists():
         return
     cfg = json.loads((run_dir / "config.json").read_text())
-    last = max(run_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[-1]))
+    last = latest_checkpoint(run_dir)
     weights = ["--model", cfg["model"], "--adapter", str(last)] if cfg["lora"] else ["--model", str(last)]
     cmd = [sys.executable, "evaluate.py", *weights, "--dtype", cfg["dtype"],
            "--output_dir", str(run_dir / "evaluate"), *eval_args]

@@ -117,6 +117,11 @@ def pct(x: float) -> str:
     return "–" if math.isnan(x) else f"{100 * x:.1f}"
 
 
+def interval(r: dict) -> str:
+    """A row's difference to the reference and its 95 % interval, in points."""
+    return f"{100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
+
+
 def markdown(tabs: dict, ref: str) -> str:
     parts = []
     for s, rows in tabs.items():
@@ -126,7 +131,7 @@ def markdown(tabs: dict, ref: str) -> str:
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
             if "diff" in r:
-                delta = f"{100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]"
+                delta = interval(r)
                 verdict = "better" if r["lo"] > 0 else "worse" if r["hi"] < 0 else "not separable"
             else:
                 delta, verdict = ("reference", "") if r["arm"] == ref else ("no paired seeds", "")
@@ -256,7 +261,7 @@ def html_tables(tabs: dict, ref: str) -> str:
         parts.append(f"<h2>{html.escape(s)}</h2><table><tr><th>arm</th><th>seeds</th><th>step 0 %</th><th>final %</th>"
                      f"<th>Δ vs {html.escape(ref)} [95 % CI]</th><th>wall s</th></tr>")
         for r in rows:
-            delta = (f"{100 * r['diff']:+.1f} [{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]" if "diff" in r
+            delta = (interval(r) if "diff" in r
                      else "reference" if r["arm"] == ref else "–")
             parts.append(f"<tr><td>{html.escape(r['arm'])}</td><td>{len(r['seeds'])}</td><td>{pct(r['before'])}</td>"
                          f"<td>{pct(r['after'])} ± {pct(r['std'])}</td><td>{delta}</td><td>{r['wall']:.0f}</td></tr>")

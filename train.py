@@ -423,13 +423,14 @@ def main(argv=None):
     if not train_rows:
         raise SystemExit("error: no training question fits --max_context; raise it or lower --max_new_tokens")
     ref_model = None
+    compute_kl = cfg.kl_coef > 0 or cfg.log_kl  # in the loss, or only logged (--log_kl)
     if cfg.gradient_checkpointing:
         rollout.enable_checkpointing(policy)
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         policy = get_peft_model(policy, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
-    elif cfg.kl_coef > 0 or cfg.log_kl:  # full fine-tuning needs its own frozen copy as the KL reference
+    elif compute_kl:  # full fine-tuning needs its own frozen copy as the KL reference
         ref_model = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
                                                      trust_remote_code=cfg.trust_remote_code)[0].eval()
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -442,11 +443,10 @@ def main(argv=None):
         refiner, rtok = rollout.load_model_and_tokenizer(cfg.refiner_model, dtype=cfg.dtype, device=device,
                                                          trust_remote_code=cfg.trust_remote_code)
         refiner.eval()
-    if cfg.baseline == "sft" and not all(r.get("solution") for r in train_rows):
-        raise SystemExit("error: --baseline sft trains on the reference solutions: every training question needs one "
-                         "(name its column with --solution_key)")
-    if cfg.critique_type == "expert" and not all(r.get("solution") for r in train_rows):
-        raise SystemExit("error: --critique_type expert needs a reference solution for every training question "
+    needs_solution = "--baseline sft" if cfg.baseline == "sft" else \
+        "--critique_type expert" if cfg.critique_type == "expert" else None
+    if needs_solution and not all(r.get("solution") for r in train_rows):
+        raise SystemExit(f"error: {needs_solution} needs a reference solution for every training question "
                          "(name its column with --solution_key)")
     critic = None
     if cfg.critique_type == "self":
@@ -646,7 +646,7 @@ def main(argv=None):
                         logp, ent, mask.bool(), off_policy[idx].to(device), olp, cfg.clip_eps, cfg.gamma).items()})
                     ent = (ent * mask).sum() / n_tokens
                     total = pg - cfg.entropy_coef * ent
-                    if cfg.kl_coef > 0 or cfg.log_kl:
+                    if compute_kl:
                         with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
                             ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
                                                                  entropy=False, **logp_kw)[0]
@@ -676,15 +676,14 @@ def main(argv=None):
                 "refine/count": len(to_refine), "refine/groups": n_refined_groups, "refine/truncated": n_truncated,
                 "critic/fallbacks": fallbacks, "verify/timeouts": checker.num_timeouts,
                 **{f"critic/{k_}": getattr(critic, k_, 0) - critic_before[k_] for k_ in critic_before},
-                "offpolicy/p": health["off_p"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
-                "offpolicy/f_p": health["off_f"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
-                "offpolicy/entropy": health["off_entropy"] / health["off_tokens"] if health["off_tokens"] else float("nan"),
+                **{f"offpolicy/{name}": health[key] / health["off_tokens"] if health["off_tokens"] else float("nan")
+                   for name, key in (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
                 "train/entropy_initial": health["on_entropy"] / max(health["on_tokens"], 1),
                 "train/clip_frac": health["on_clipped"] / max(health["on_tokens"], 1),
                 "train/entropy": sums["entropy"] / cfg.updates_per_batch,
                 "train/response_len": float(np.mean([len(r) for r in responses])),
                 "loss": sums["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
-                "kl": sums["kl"] / cfg.updates_per_batch if cfg.kl_coef > 0 or cfg.log_kl else float("nan"), "skipped_steps": sums["skipped"],
+                "kl": sums["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
                 **{f"time/{k_}": t[k_] - t[p_] for p_, k_ in zip(["start", "sample", "verify", "critique", "refine"],
                                                                  ["sample", "verify", "critique", "refine", "update"])},
                 "tokens_per_s": n_gen / max(t["sample"] - t["start"] + t["refine"] - t["critique"], 1e-9),
