@@ -469,6 +469,19 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tok
     return logp, ent
 
 
+class PolicyLogprobs(torch.nn.Module):
+    """`response_logprobs` as a module's forward. DDP, FSDP and DeepSpeed communicate inside the forward and
+    backward of the module they wrap; `response_logprobs` calls the backbone and the LM head apart, so the
+    whole computation is what they wrap."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, **kw):
+        return response_logprobs(self.model, batch, **kw)
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log pi(token) from logits (..., V) and tokens (...) -> (...), without keeping a full
     log-softmax: logsumexp is reduced at once, only the chosen logit is gathered."""

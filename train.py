@@ -34,6 +34,8 @@ import critique
 import data
 import loss as L
 import rollout
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from evaluate import AnswerChecker, evaluate_accuracy
 
 
@@ -181,12 +183,15 @@ class Config:
     """checkpoint every k steps (and at the end); 0 = only at the end"""
     samples_every: int = 5
     """write example prompts/responses/critiques/refinements to samples.jsonl every k steps"""
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    """also send every metric and the config to an experiment tracker, through accelerate (install the tracker's
+    package; files go under output_dir); metrics.jsonl is written either way"""
 
 
 # fields that may change between a run and its --resume without changing what is trained
 RESUMABLE_CHANGES = {"resume", "overwrite", "allow_config_change", "max_steps", "eval_every", "save_every",
                      "samples_every", "eval_limit", "gen_batch_size", "micro_batch_tokens", "logprob_chunk",
-                     "gradient_checkpointing", "merge_lora", "static_cache"}
+                     "gradient_checkpointing", "merge_lora", "static_cache", "report_to"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,9 +225,12 @@ def parse_config(argv=None) -> Config:
     return Config(**vars(ap.parse_args(argv)))
 
 
-def validate(cfg: Config):
+def validate(cfg: Config, num_processes: int = 1):
     """Fail before loading any model."""
     problems = []
+    if cfg.prompts_per_step % (num_processes * cfg.updates_per_batch):
+        problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by {num_processes} processes x "
+                        f"--updates_per_batch {cfg.updates_per_batch}: each process takes whole groups")
     if not 0 <= cfg.n_refine < cfg.n_init:
         problems.append(f"--n_refine {cfg.n_refine} must be >= 0 and < --n_init {cfg.n_init}")
     if cfg.gamma is not None and cfg.gamma <= 0:
@@ -234,9 +242,6 @@ def validate(cfg: Config):
         problems.append("--baseline refine_ft trains on critique-guided refinements: pick a --critique_type with a critique")
     if cfg.baseline == "critique_ft" and cfg.critique_type != "cot":
         problems.append("--baseline critique_ft trains on a critic's critiques: needs --critique_type cot")
-    if cfg.prompts_per_step % cfg.updates_per_batch:
-        problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by "
-                        f"--updates_per_batch {cfg.updates_per_batch}")
     for name in ("prompts_per_step", "n_init", "max_new_tokens", "micro_batch_tokens", "logprob_chunk", "max_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"--{name} must be >= 1")
@@ -255,16 +260,29 @@ def validate(cfg: Config):
 # Checkpoints: adapter (PEFT format) or full weights + optimizer + RNG + step, written atomically
 # ---------------------------------------------------------------------------------------------
 def rng_state(select_rng: random.Random) -> dict:
-    return {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "select_rng": select_rng.getstate()}
+    state = {"torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "select_rng": select_rng.getstate()}
+    if torch.cuda.is_available():  # sampling on a GPU draws from its own generator
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, rng: dict):
-    """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint."""
+def set_rng_state(state: dict, select_rng: random.Random):
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    select_rng.setstate(state["select_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, rngs: list[dict]):
+    """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint. rngs: every
+    process's RNG state in rank order; the main process writes it all, so it never waits for another one."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # A LoRA adapter never trains the embeddings; False also spares peft a hub lookup of the base model's vocab
     model.save_pretrained(tmp, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), **rng}, tmp / "trainer_state.pt")
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), **rngs[0], "process_rng": rngs},
+               tmp / "trainer_state.pt")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 
@@ -272,23 +290,27 @@ def save_checkpoint(path: Path, model, optimizer, step: int, rng: dict):
 class GracefulStop:
     """Ctrl-C / SIGTERM: write a checkpoint of the last finished step, then exit with code 130.
     Inside `with stop.deferred():` (the update, a checkpoint write) the signal waits for the block to
-    end, so a checkpoint never holds a half-applied step."""
+    end, so a checkpoint never holds a half-applied step. save_last None: a process that writes nothing (not
+    the main one of several) waits for the end of the next such block even when the signal comes outside
+    one, since the main process may be inside the update, waiting for this one."""
 
     def __init__(self, save_last):
         self.save_last, self.pending, self.depth = save_last, False, 0
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
-        if self.depth:
+        if self.depth or self.save_last is None:
             self.pending = True
         else:
             self._stop()
 
     def _stop(self):
         self.restore()
-        path = self.save_last()
-        print(f"interrupted: saved {path}; continue with --resume" if path else "interrupted: nothing to save yet",
-              flush=True)
+        if self.save_last is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher passes a Ctrl-C on as SIGTERM: finish writing
+            path = self.save_last()
+            print(f"interrupted: saved {path}; continue with --resume" if path else "interrupted: nothing to save yet",
+                  flush=True)
         raise SystemExit(130)
 
     @contextlib.contextmanager
@@ -311,7 +333,8 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lora: bool) -> int:
+def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lora: bool, rank: int = 0,
+                    world: int = 1) -> int:
     from safetensors.torch import load_file
     if lora:
         from peft import set_peft_model_state_dict
@@ -323,9 +346,12 @@ def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lor
         load_sharded_checkpoint(model, path, strict=False)
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
-    select_rng.setstate(state["select_rng"])
+    rngs = state.get("process_rng", [state])  # one state per process that wrote it
+    if len(rngs) == world:
+        set_rng_state(rngs[rank], select_rng)
+    elif rank == 0:
+        print(f"warning: {path} was written by {len(rngs)} processes, resumed on {world}: sampling continues "
+              "from fresh seeds, not where the run stopped")
     return state["step"]
 
 
@@ -378,17 +404,118 @@ def write_jsonl(path: Path, records: list[dict], mode: str = "a"):
             f.write(json.dumps(r) + "\n")
 
 
+def all_processes(accelerator, values: dict[str, float], reduce: str = "sum") -> dict[str, float]:
+    """Each value summed (or maxed) over every process; a key a process lacks counts as 0 there (a process with
+    nothing to train has no health sums). One process: the values themselves."""
+    every = gather_object([{k: float(v) for k, v in values.items()}])  # one dict per process
+    combine = sum if reduce == "sum" else max
+    return {k: combine(d.get(k, 0.0) for d in every) for k in dict.fromkeys(k for d in every for k in d)}
+
+
+def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trainable, batch: dict | None,
+             filler: dict, *, seq_group: list[int], advantages, off_policy, seq_weights, n_groups: int,
+             compute_kl: bool) -> tuple[dict, Counter]:
+    """Steps 7 and 8 on this process's groups: updates_per_batch optimizer steps, each over an equal share of
+    every process's groups (n_groups: this process's). The loss constants (groups or sequences x R, or tokens) count over all processes,
+    and each process's loss is multiplied by their number because DDP averages gradients: N processes make the
+    update one process makes from the same groups. Every process runs as many forward/backward passes as the
+    busiest one (zero-weighted passes on `filler` make up the difference): DDP, FSDP and ZeRO communicate
+    inside them. model: the prepared PolicyLogprobs; policy: the bare model (old log-probs, the KL reference).
+    Returns this process's loss-term sums (and grad_norm, skipped: the same on every process) and its
+    off-policy health sums (loss.off_policy_health)."""
+    N, R, world, device = len(seq_group), cfg.max_new_tokens, accelerator.num_processes, accelerator.device
+    logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
+    old_logp = None
+    if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: need pi_old explicitly
+        old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
+        with torch.no_grad():
+            for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
+                lp = rollout.response_logprobs(policy, rollout.select(batch, idx, device), entropy=False, **logp_kw)[0]
+                old_logp[idx, : lp.shape[1]] = lp.cpu()
+    U = cfg.updates_per_batch  # mini-batch u takes groups u, u + U, ...: with whole groups per process in rank
+    mbs = [set(range(u, n_groups, U)) for u in range(U)]  # order, the same groups whatever the number of processes
+    seqs = [[i for i in range(N) if seq_group[i] in mb] for mb in mbs]
+    micros = [rollout.micro_batches(batch, s, cfg.micro_batch_tokens) if s else [] for s in seqs]
+    counts = torch.tensor([[len(mb), len(s), int(batch["response_mask"][s].sum()) if s else 0, len(mi)]
+                           for mb, s, mi in zip(mbs, seqs, micros)], device=device)            # (U, 4)
+    every = accelerator.gather(counts[None]).cpu()                                          # (processes, U, 4)
+    groups_all, seqs_all, tokens_all = every[..., :3].sum(0).T.tolist()
+    passes = every[..., 3].amax(0).tolist()
+    policy.train()
+    sums = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0)
+    health = Counter()  # off-policy health sums (loss.off_policy_health)
+    for u in range(len(mbs)):
+        if not seqs_all[u]:  # a baseline step with nothing to train on (no correct sample, no fix): no optimizer step
+            sums["skipped"] += 1
+            continue
+        # constants for the whole mini-batch, so micro-batching (and the number of processes) never changes the loss
+        denom = (groups_all[u] if cfg.aggregation == "paper" else seqs_all[u]) * R
+        n_tokens = max(tokens_all[u], 1)
+        optimizer.zero_grad(set_to_none=True)
+        todo = micros[u] + [None] * (passes[u] - len(micros[u]))
+        for j, idx in enumerate(todo):
+            micro = filler if idx is None else rollout.select(batch, idx, device)  # padding columns cut: r <= Rb
+            last = j == len(todo) - 1  # gradients are reduced over processes in the last backward only
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                logp, ent = model(micro, **logp_kw)                                                 # (n, r)
+                if idx is None:  # nothing of this process's left in this mini-batch: take part, add nothing
+                    accelerator.backward(0.0 * (logp.sum() + ent.sum()))
+                    continue
+                mask = micro["response_mask"]                                                       # (n, r)
+                olp = logp.detach() if old_logp is None else old_logp[idx, : logp.shape[1]].to(device)  # ratio 1 at theta_old
+                if cfg.baseline == "none":
+                    per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
+                                            clip_eps=cfg.clip_eps, gamma=cfg.gamma)                  # (n, r)
+                    pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
+                else:  # supervised baselines: token mean of -log p over the mini-batch's real tokens
+                    pg = L.aggregate(-logp, mask, n_tokens)
+                health.update({k: v.item() for k, v in L.off_policy_health(
+                    logp, ent, mask.bool(), off_policy[idx].to(device), olp, cfg.clip_eps, cfg.gamma).items()})
+                ent = (ent * mask).sum() / n_tokens
+                total = pg - cfg.entropy_coef * ent
+                if compute_kl:
+                    with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
+                        ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
+                                                             entropy=False, **logp_kw)[0]
+                    kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
+                    total = total + cfg.kl_coef * kl if cfg.kl_coef > 0 else total
+                    sums["kl"] += kl.item()
+                accelerator.backward(world * total)  # DDP divides the summed gradients by `world`
+                sums["loss"] += total.item()
+                sums["entropy"] += ent.item()
+        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            sums["grad_norm"] += grad_norm.item() / len(mbs)
+        else:  # a non-finite gradient would poison AdamW's moments: skip the step, keep the weights
+            optimizer.zero_grad(set_to_none=True)
+            sums["skipped"] += 1
+            if accelerator.is_main_process:
+                print("warning: non-finite gradient norm, optimizer step skipped")
+    return sums, health
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
     t_run = time.perf_counter()
     cfg = parse_config(argv)
-    validate(cfg)
+    # Processes: `python train.py` is one; `accelerate launch --num_processes N train.py` (or torchrun) starts N,
+    # each taking whole groups of every step (below, "this process's groups"); the main one alone writes files.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.output_dir,
+                              log_with=None if cfg.report_to == "none" else cfg.report_to)
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    log = print if is_main else (lambda *a, **kw: None)
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # sharded weights need gathering to generate
+        raise SystemExit(f"error: {accelerator.distributed_type.value} is not supported yet: each process holds the "
+                         "whole model (DDP; LoRA or QLoRA for large models); see README 'Scaling'")
+    validate(cfg, world)
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
         raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if cfg.overwrite and not cfg.resume:
+    accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+    if cfg.overwrite and not cfg.resume and is_main:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.resume and (out / "config.json").exists() and not cfg.allow_config_change:
@@ -398,27 +525,34 @@ def main(argv=None):
         if differ:
             raise SystemExit("error: --resume with a different config: " + ", ".join(differ) +
                              "\n       pass the same flags, or --allow_config_change to resume anyway")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = accelerator.device
     dtype, why = rollout.choose_dtype(cfg.dtype)
-    machine = {"device": rollout.describe_device(device), "dtype": str(dtype).removeprefix("torch."), "dtype_reason": why,
-               "threads": torch.get_num_threads(), "torch": torch.__version__}
-    print(f"device {machine['device']} | dtype {why}", flush=True)
-    (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "resolved": machine}, indent=2))
-    random.seed(cfg.seed), np.random.seed(cfg.seed), torch.manual_seed(cfg.seed)
-    select_rng = random.Random(cfg.seed)
+    machine = {"device": rollout.describe_device(device.type), "dtype": str(dtype).removeprefix("torch."),
+               "dtype_reason": why, "threads": torch.get_num_threads(), "processes": world, "torch": torch.__version__}
+    log(f"device {machine['device']} | dtype {why}" + (f" | {world} processes ({accelerator.distributed_type.value})"
+                                                      if world > 1 else ""), flush=True)
+    if is_main:
+        (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "resolved": machine}, indent=2))
+    accelerator.init_trackers("critique-grpo", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                       for k, v in dataclasses.asdict(cfg).items()},
+                              init_kwargs={"wandb": {"name": out.name}, "mlflow": {"run_name": out.name}})
+    seed = cfg.seed + rank  # each process samples its own groups with its own draws; process 0 = one process
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    select_rng = random.Random(seed)
 
     train_rows = data.load_rows(cfg.train_data, cfg.question_key, cfg.answer_key, cfg.solution_key)
     eval_sets = {Path(src).stem: data.load_rows(src, cfg.question_key, cfg.answer_key, cfg.solution_key)
                  [: cfg.eval_limit or None] for src in cfg.eval_data.split(",")}
     eval_rows = [dict(r, set=name) for name, rows in eval_sets.items() for r in rows]  # one generate call for all
-    policy, tok = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
-                                                   trust_remote_code=cfg.trust_remote_code,
-                                                   load_in_4bit=cfg.load_in_4bit)
+    with accelerator.main_process_first():  # the embedded model is converted once, by the main process
+        policy, tok = rollout.load_model_and_tokenizer(cfg.model, dtype=cfg.dtype, device=device,
+                                                       trust_remote_code=cfg.trust_remote_code,
+                                                       load_in_4bit=cfg.load_in_4bit)
     n_rows = len(train_rows)  # a prompt that leaves no room for the response cannot be trained on
     room = cfg.max_context - cfg.max_new_tokens
     train_rows = [r for r in train_rows if len(rollout.question_ids(tok, r["question"])) <= room]
     if len(train_rows) < n_rows:
-        print(f"warning: skipped {n_rows - len(train_rows)} training questions longer than "
+        log(f"warning: skipped {n_rows - len(train_rows)} training questions longer than "
               "--max_context minus --max_new_tokens")
     if not train_rows:
         raise SystemExit("error: no training question fits --max_context; raise it or lower --max_new_tokens")
@@ -435,9 +569,13 @@ def main(argv=None):
                                                      trust_remote_code=cfg.trust_remote_code)[0].eval()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes; FSDP or DeepSpeed
+    # from `accelerate launch --config_file`); sampling, evaluation and checkpoints use `policy`, the same weights
+    policy_logprobs, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer,
+                                                     device_placement=[False, False])
 
     gen_kw = dict(batch_size=cfg.gen_batch_size, merge_lora=cfg.merge_lora,
-                  static_cache=device == "cuda" if cfg.static_cache is None else cfg.static_cache)
+                  static_cache=device.type == "cuda" if cfg.static_cache is None else cfg.static_cache)
     refiner, rtok = policy, tok
     if cfg.refiner_model:  # weak-to-strong: its text is re-tokenized for the policy below
         refiner, rtok = rollout.load_model_and_tokenizer(cfg.refiner_model, dtype=cfg.dtype, device=device,
@@ -462,44 +600,50 @@ def main(argv=None):
 
     start = 0
     if cfg.resume and (ckpt := latest_checkpoint(out)):
-        start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora)
-        print(f"resumed from {ckpt} at step {start}")
+        start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora, rank, world)
+        log(f"resumed from {ckpt} at step {start}")
     k = cfg.n_refine if cfg.critique_type != "none" and cfg.baseline not in ("sft", "raft") else 0
     n_sample = cfg.n_init - k if cfg.group_mode == "append" else cfg.n_init  # k refinements join each group
     R = cfg.max_new_tokens
     accuracy = {}
-    finished = {"step": start, "rng": rng_state(select_rng)}  # the state a Ctrl-C checkpoint holds
+    # the state a Ctrl-C checkpoint holds: the last finished step, every process's RNG after it
+    finished = {"step": start, "rngs": gather_object([rng_state(select_rng)])}
 
     def save_last():
         if finished["step"] == start:
             return None  # nothing trained since the start or the resumed checkpoint
         path = out / f"checkpoint-{finished['step']}"
-        save_checkpoint(path, policy, optimizer, finished["step"], finished["rng"])
+        save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"])
         return path
-    stop = GracefulStop(save_last)
-    print(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
+    stop = GracefulStop(save_last if is_main else None)
+    log(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
           f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
           f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
 
     for step in range(start, cfg.max_steps + 1):
-        # ---- Evaluation (held-out, greedy) and checkpoint ----
+        # ---- Evaluation (held-out, greedy; each process answers every world-th question) and checkpoint ----
         if step == start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
             t_eval = time.perf_counter()
-            _, records = evaluate_accuracy(policy, tok, eval_rows, checker, max_new_tokens=R, **gen_kw)
+            _, mine = evaluate_accuracy(policy, tok, eval_rows[rank::world], checker, max_new_tokens=R, **gen_kw)
+            records = [None] * len(eval_rows)
+            for r, recs in enumerate(gather_object([mine])):  # back in question order
+                records[r::world] = recs
             t_eval = time.perf_counter() - t_eval
             for rec, row in zip(records, eval_rows):
                 rec["set"] = row["set"]
             accuracy[step] = {name: float(np.mean([r["correct"] for r in records if r["set"] == name])) for name in eval_sets}
-            write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
-            print(f"step {step:4d} | eval " + " | ".join(f"{name} {a:.4f}" for name, a in accuracy[step].items()) +
-                  f" ({' + '.join(str(len(rows)) for rows in eval_sets.values())} held-out questions, greedy) | {t_eval:.1f}s", flush=True)
-            write_jsonl(out / "metrics.jsonl", [{"step": step, "eval/accuracy": next(iter(accuracy[step].values())),
-                                                 **{f"eval/{name}/accuracy": a for name, a in accuracy[step].items()},
-                                                 "time/eval": t_eval}])
-        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
+            log(f"step {step:4d} | eval " + " | ".join(f"{name} {a:.4f}" for name, a in accuracy[step].items()) +
+                f" ({' + '.join(str(len(rows)) for rows in eval_sets.values())} held-out questions, greedy) | {t_eval:.1f}s", flush=True)
+            m_eval = {"step": step, "eval/accuracy": next(iter(accuracy[step].values())),
+                      **{f"eval/{name}/accuracy": a for name, a in accuracy[step].items()}, "time/eval": t_eval}
+            if is_main:
+                write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
+                write_jsonl(out / "metrics.jsonl", [m_eval])
+            accelerator.log(m_eval, step=step)
+        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)) and is_main:
             with stop.deferred():
-                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, rng_state(select_rng))
-            print(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
+                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"])
+            log(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
                   f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
                   f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
         if step == cfg.max_steps:
@@ -507,7 +651,8 @@ def main(argv=None):
         t = {"start": time.perf_counter()}
         m: dict[str, float] = {"step": step + 1}
         rows = batch_for_step(train_rows, step, cfg.prompts_per_step, cfg.seed)
-        B = len(rows)
+        B = len(rows) // world
+        rows = rows[rank * B: (rank + 1) * B]  # this process's groups
         prompt_ids = [rollout.question_ids(tok, r["question"]) for r in rows]                # (B,) lists
 
         # ---- 1. Sample: n responses per prompt from the current policy ----
@@ -522,8 +667,6 @@ def main(argv=None):
         rewards = checker(texts, gts)                                                        # (B*n,)
         t["verify"] = time.perf_counter()
         groups = [list(range(g * n_sample, (g + 1) * n_sample)) for g in range(B)]
-        m["train/reward"] = float(np.mean(rewards))
-        m["train/zero_adv_frac_before"] = float(np.mean([len({rewards[i] for i in g}) == 1 for g in groups]))
 
         # ---- 3. Critique: which responses get one is the refine scope ----
         if cfg.refine_scope == "all":
@@ -583,8 +726,7 @@ def main(argv=None):
         # ---- 6. Advantage over the mixed group ----
         group_ids = torch.tensor(seq_group)
         advantages = L.group_advantages(torch.tensor(seq_reward), group_ids, cfg.scale_adv_by_std)     # (N,)
-        m["train/zero_adv_frac_after"] = float(np.mean(
-            [len({seq_reward[i] for i in range(N) if seq_group[i] == g}) == 1 for g in range(B)]))
+        zero_adv_after = sum(len({seq_reward[i] for i in range(N) if seq_group[i] == g}) == 1 for g in range(B))
         off_policy = torch.tensor(seq_off)                                                            # (N,)
         if cfg.aggregation == "paper":  # 1/n for initial responses, 1/k for refinements, per group
             counts = Counter(zip(seq_group, seq_off))
@@ -601,117 +743,85 @@ def main(argv=None):
             seq_group, seq_prompt, seq_resp = (list(x) for x in zip(*targets)) if targets else ([], [], [])
             N = len(seq_resp)
             advantages, off_policy, seq_weights = torch.zeros(N), torch.zeros(N, dtype=torch.bool), torch.ones(N)
-            m.update({"baseline/examples": N, "baseline/mean_len": float(np.mean([len(r) for r in seq_resp])) if N else 0.0})
-            if not N:
-                print(f"step {step + 1}: --baseline {cfg.baseline} has nothing to train on; no optimizer step", flush=True)
 
         with stop.deferred():  # a Ctrl-C here waits for the step to finish
-            # ---- 7. Loss and 8. Optimise: updates_per_batch optimizer steps, each over whole groups ----
+            # ---- 7. Loss and 8. Optimise ----
             batch = rollout.pack(seq_prompt, seq_resp, tok.pad_token_id) if N else None  # prompts (U, P), responses (N, Rb)
-            logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
-            mb_groups = np.array_split(np.arange(B), cfg.updates_per_batch)
-            old_logp = None
-            if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: need pi_old explicitly
-                old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
-                with torch.no_grad():
-                    for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
-                        lp = rollout.response_logprobs(policy, rollout.select(batch, idx, device), entropy=False,
-                                                       **logp_kw)[0]
-                        old_logp[idx, : lp.shape[1]] = lp.cpu()
-            policy.train()
-            sums = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0)
-            health = Counter()  # off-policy health sums (loss.off_policy_health)
-            for mb in mb_groups:
-                in_mb = set(mb.tolist())
-                seqs = [i for i in range(N) if seq_group[i] in in_mb]
-                if not seqs:  # a baseline step with nothing to train on (no correct sample, no fix): no optimizer step
-                    sums["skipped"] += 1
-                    continue
-                # constants for the whole mini-batch, so micro-batching never changes the loss
-                denom = (len(mb) if cfg.aggregation == "paper" else len(seqs)) * R
-                n_tokens = max(int(batch["response_mask"][seqs].sum()), 1)
-                optimizer.zero_grad(set_to_none=True)
-                for idx in rollout.micro_batches(batch, seqs, cfg.micro_batch_tokens):
-                    micro = rollout.select(batch, idx, device)  # padding columns cut: r <= Rb
-                    logp, ent = rollout.response_logprobs(policy, micro, **logp_kw)                       # (n, r)
-                    mask = micro["response_mask"]                                                       # (n, r)
-                    olp = logp.detach() if old_logp is None else old_logp[idx, : logp.shape[1]].to(device)  # ratio 1 at theta_old
-                    if cfg.baseline == "none":
-                        per_tok = L.policy_loss(logp, olp, advantages[idx].to(device), off_policy[idx].to(device),
-                                                clip_eps=cfg.clip_eps, gamma=cfg.gamma)                  # (n, r)
-                        pg = L.aggregate(per_tok, mask, denom, seq_weights[idx].to(device))
-                    else:  # supervised baselines: token mean of -log p over the mini-batch's real tokens
-                        pg = L.aggregate(-logp, mask, n_tokens)
-                    health.update({k_: v.item() for k_, v in L.off_policy_health(
-                        logp, ent, mask.bool(), off_policy[idx].to(device), olp, cfg.clip_eps, cfg.gamma).items()})
-                    ent = (ent * mask).sum() / n_tokens
-                    total = pg - cfg.entropy_coef * ent
-                    if compute_kl:
-                        with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
-                            ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
-                                                                 entropy=False, **logp_kw)[0]
-                        kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
-                        total = total + cfg.kl_coef * kl if cfg.kl_coef > 0 else total
-                        sums["kl"] += kl.item()
-                    total.backward()
-                    sums["loss"] += total.item()
-                    sums["entropy"] += ent.item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                if torch.isfinite(grad_norm):
-                    optimizer.step()
-                    sums["grad_norm"] += grad_norm.item() / len(mb_groups)
-                else:  # a non-finite gradient would poison AdamW's moments: skip the step, keep the weights
-                    optimizer.zero_grad(set_to_none=True)
-                    sums["skipped"] += 1
-                    print(f"warning: step {step + 1}: non-finite gradient norm, optimizer step skipped")
+            filler = rollout.select(rollout.pack(prompt_ids[:1], [[tok.eos_token_id]], tok.pad_token_id), [0], device)
+            sums, health = optimise(cfg, accelerator, policy_logprobs, policy, ref_model, optimizer, trainable, batch,
+                                    filler, seq_group=seq_group, advantages=advantages, off_policy=off_policy,
+                                    seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl)
             t["update"] = time.perf_counter()
 
-            # ---- Logging ----
-            n_gen = sum(len(r) for r in responses) + sum(len(r) for r in refinements)
-            m.update({
-                "refine/reward": float(np.mean(refine_rewards)) if refine_rewards else float("nan"),
-                "refine/fix_rate": float(np.mean([refine_rewards[j] for j, i in enumerate(to_refine)
-                                                  if rewards[i] == 0]))
-                if any(rewards[i] == 0 for i in to_refine) else float("nan"),
-                "refine/count": len(to_refine), "refine/groups": n_refined_groups, "refine/truncated": n_truncated,
-                "critic/fallbacks": fallbacks, "verify/timeouts": checker.num_timeouts,
+            # ---- Logging: this process's sums, added up over all processes (times: the slowest), then ratios ----
+            wrong = [j for j, i in enumerate(to_refine) if rewards[i] == 0]
+            tot = all_processes(accelerator, {
+                "reward": sum(rewards), "samples": len(rewards), "groups": B, "zero_adv_after": zero_adv_after,
+                "zero_adv_before": sum(len({rewards[i] for i in g}) == 1 for g in groups),
+                "refine_reward": sum(refine_rewards), "refined": len(to_refine), "wrong_refined": len(wrong),
+                "fixed": sum(refine_rewards[j] for j in wrong), "refine/groups": n_refined_groups,
+                "refine/truncated": n_truncated, "critic/fallbacks": fallbacks, "verify/timeouts": checker.num_timeouts,
                 **{f"critic/{k_}": getattr(critic, k_, 0) - critic_before[k_] for k_ in critic_before},
-                **{f"offpolicy/{name}": health[key] / health["off_tokens"] if health["off_tokens"] else float("nan")
-                   for name, key in (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
-                "train/entropy_initial": health["on_entropy"] / max(health["on_tokens"], 1),
-                "train/clip_frac": health["on_clipped"] / max(health["on_tokens"], 1),
-                "train/entropy": sums["entropy"] / cfg.updates_per_batch,
-                "train/response_len": float(np.mean([len(r) for r in responses])),
-                "loss": sums["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
-                "kl": sums["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
-                **{f"time/{k_}": t[k_] - t[p_] for p_, k_ in zip(["start", "sample", "verify", "critique", "refine"],
-                                                                 ["sample", "verify", "critique", "refine", "update"])},
-                "tokens_per_s": n_gen / max(t["sample"] - t["start"] + t["refine"] - t["critique"], 1e-9),
+                "response_tokens": sum(len(r) for r in responses), "refine_tokens": sum(len(r) for r in refinements),
+                "examples": N, "example_tokens": sum(len(r) for r in seq_resp),
+                **{k_: sums[k_] for k_ in ("loss", "entropy", "kl")}, **health})
+            slowest = all_processes(accelerator, {k_: t[k_] - t[p_] for p_, k_ in zip(
+                ["start", "sample", "verify", "critique", "refine"], ["sample", "verify", "critique", "refine", "update"])},
+                reduce="max")
+            ratio = lambda a, b: tot[a] / tot[b] if tot[b] else float("nan")  # noqa: E731
+            m.update({
+                "train/reward": ratio("reward", "samples"),
+                "train/zero_adv_frac_before": ratio("zero_adv_before", "groups"),
+                "train/zero_adv_frac_after": ratio("zero_adv_after", "groups"),
+                "refine/reward": ratio("refine_reward", "refined"), "refine/fix_rate": ratio("fixed", "wrong_refined"),
+                "refine/count": int(tot["refined"]),
+                **{k_: int(tot[k_]) for k_ in ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts",
+                                               "critic/calls", "critic/tokens_in", "critic/tokens_out")},
+                **{f"offpolicy/{name}": ratio(key, "off_tokens") for name, key in
+                   (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
+                "train/entropy_initial": tot["on_entropy"] / max(tot["on_tokens"], 1),
+                "train/clip_frac": tot["on_clipped"] / max(tot["on_tokens"], 1),
+                "train/entropy": tot["entropy"] / cfg.updates_per_batch,
+                "train/response_len": ratio("response_tokens", "samples"),
+                "loss": tot["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
+                "kl": tot["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
+                **({"baseline/examples": int(tot["examples"]), "baseline/mean_len": ratio("example_tokens", "examples")
+                    if tot["examples"] else 0.0} if cfg.baseline != "none" else {}),
+                **{f"time/{k_}": v for k_, v in slowest.items()},
+                "tokens_per_s": (tot["response_tokens"] + tot["refine_tokens"]) /
+                max(slowest["sample"] + slowest["refine"], 1e-9),
             })
-            write_jsonl(out / "metrics.jsonl", [m])
+            if is_main:
+                write_jsonl(out / "metrics.jsonl", [m])
+            accelerator.log(m, step=step + 1)
+            if cfg.baseline != "none" and not tot["examples"]:
+                log(f"step {step + 1}: --baseline {cfg.baseline} has nothing to train on; no optimizer step", flush=True)
             refined = not math.isnan(m["refine/reward"])  # nan: no group needed a refinement this step
-            print(f"step {step + 1:4d} | reward {m['train/reward']:.3f} | " +
-                  (f"refine {m['refine/reward']:.3f} fix {m['refine/fix_rate']:.3f}" if refined else f"{'no refinement':22s}") +
-                  f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
-                  f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | "
-                  f"ent {m['train/entropy']:.3f} | len {m['train/response_len']:.0f} | "
-                  f"{t['update'] - t['start']:.1f}s", flush=True)
+            log(f"step {step + 1:4d} | reward {m['train/reward']:.3f} | " +
+                (f"refine {m['refine/reward']:.3f} fix {m['refine/fix_rate']:.3f}" if refined else f"{'no refinement':22s}") +
+                f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
+                f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | "
+                f"ent {m['train/entropy']:.3f} | len {m['train/response_len']:.0f} | "
+                f"{sum(slowest.values()):.1f}s", flush=True)
             if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                 records = [{"step": step + 1, "question": rows[i // n_sample]["question"], "response": texts[i],
                             "reward": rewards[i]} for i in range(len(texts))]
                 for j, i in enumerate(to_refine):
                     records[i].update(critique=critiques[j], refinement=refine_texts[j],
                                       refinement_reward=refine_rewards[j])
-                write_jsonl(out / "samples.jsonl", records)
-            finished.update(step=step + 1, rng=rng_state(select_rng))
+                records = gather_object(records)  # every process's groups, in step order
+                if is_main:
+                    write_jsonl(out / "samples.jsonl", records)
+            finished.update(step=step + 1, rngs=gather_object([rng_state(select_rng)]))
 
     checker.close()
     stop.restore()
+    accelerator.end_training()
     if len(accuracy) >= 2:
         first, last = min(accuracy), max(accuracy)
-        print("held-out accuracy: " + " | ".join(f"{name} step {first} {a:.4f} -> step {last} {accuracy[last][name]:.4f}"
-                                                 for name, a in accuracy[first].items()) +
-              f" | {time.perf_counter() - t_run:.0f}s wall")
+        log("held-out accuracy: " + " | ".join(f"{name} step {first} {a:.4f} -> step {last} {accuracy[last][name]:.4f}"
+                                               for name, a in accuracy[first].items()) +
+            f" | {time.perf_counter() - t_run:.0f}s wall")
     return {s: next(iter(a.values())) for s, a in accuracy.items()}  # the headline set's accuracy per step
 
 

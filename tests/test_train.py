@@ -184,3 +184,19 @@ def test_qlora_step_on_4bit_weights(tmp_path, tok, tiny_data):
     assert any(v.abs().sum() > 0 for k, v in lora_b.items() if "lora_B" in k)
     with pytest.raises(SystemExit, match="drop --no-lora"):
         train.validate(train.parse_config(["--load_in_4bit", "--no-lora"]))
+
+
+def test_report_to_tensorboard_logs_every_metric_and_the_config(tmp_path, tiny_model_dir, tiny_data):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    out, metrics = run(tmp_path, tiny_model_dir, tiny_data, "tb", "--max_steps", "1", "--report_to", "tensorboard")
+    scalars = {}
+    for events in (out / "critique-grpo").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events)).Reload()
+        scalars.update({tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]})
+    step1 = next(m for m in metrics if "loss" in m)
+    for key, value in step1.items():  # every metric of metrics.jsonl, at its step
+        if key != "step":
+            assert scalars[key][0][0] == 1 and scalars[key][0][1] == pytest.approx(value, nan_ok=True), key
+    assert scalars["eval/accuracy"][0] == (0, pytest.approx(metrics[0]["eval/accuracy"]))
+    hparams = next((out / "critique-grpo").rglob("hparams.yml")).read_text()
+    assert "critique_type: indicative_gt" in hparams and "report_to: tensorboard" in hparams

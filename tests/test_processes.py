@@ -1,0 +1,170 @@
+"""Two processes (`accelerate launch`, gloo on CPU) against one: the same update, the same run, one set of files,
+and a checkpoint two processes resume from exactly."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dist_update
+import train
+from conftest import ROOT
+
+# one update each: Dr.GRPO's constant, the paper's per-group weights, a supervised baseline where the second
+# process has nothing to train on (it only takes part), two mini-batches per rollout
+CASES = [{"aggregation": "constant"}, {"aggregation": "paper"}, {"baseline": "raft", "drop_groups": [2, 3]},
+         {"updates": 2}]
+
+
+def launch_cmd(*args, n=2):
+    """`accelerate launch --num_processes n ...` on the CPU, as a user starts it (the launcher's torchrun path)."""
+    with socket.socket() as s:  # a free port: a previous test's rendezvous may still hold the default one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *map(str, args)], env
+
+
+def launch(*args, n=2, timeout=600):
+    cmd, env = launch_cmd(*args, n=n)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return p.stdout
+
+
+def test_two_processes_make_the_update_one_process_makes(tmp_path):
+    from accelerate import Accelerator
+    launch("tests/dist_update.py", tmp_path / "two.pt", json.dumps(CASES))
+    two = torch.load(tmp_path / "two.pt")
+    acc = Accelerator(cpu=True)
+    for case, got in zip(CASES, two):
+        want = dist_update.one_update(acc, **case)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), case
+        assert got["entropy"] == pytest.approx(want["entropy"], rel=1e-5), case
+        assert got["on_tokens"] == want["on_tokens"] > 0, case
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5), case
+        assert any(g.abs().sum() > 0 for n, g in want["grads"].items() if "lora_A" in n)  # not a trivial zero
+        for name in want["grads"]:
+            torch.testing.assert_close(got["grads"][name], want["grads"][name], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got["params"][name], want["params"][name], rtol=1e-4, atol=1e-5)  # lr 1e-2
+
+
+def tiny_run(tiny_model_dir, tiny_data, out, *extra):
+    return ["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1], "--output_dir",
+            str(out), "--eval_limit", "5", "--max_new_tokens", "12", "--prompts_per_step", "4", "--n_init", "4",
+            "--micro_batch_tokens", "200", "--lr", "1e-2", "--dtype", "float32", "--save_every", "1", *extra]
+
+
+def lines(path):
+    return [json.loads(x) for x in open(path)]
+
+
+def close(a, b):
+    return (isinstance(a, float) and math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+def test_two_processes_run_the_loop_one_process_runs(tmp_path, tiny_model_dir, tiny_data):
+    """Greedy sampling makes the rollout independent of how prompts are split; everything else is the loop's."""
+    args = ["--max_steps", "2", "--temperature", "0", "--eval_every", "1", "--samples_every", "1",
+            "--critique_type", "indicative_gt", "--refine_scope", "all"]
+    train.main(tiny_run(tiny_model_dir, tiny_data, tmp_path / "one", *args))
+    launch("train.py", *tiny_run(tiny_model_dir, tiny_data, tmp_path / "two", *args))
+    one, two = lines(tmp_path / "one" / "metrics.jsonl"), lines(tmp_path / "two" / "metrics.jsonl")
+    assert [m["step"] for m in two] == [m["step"] for m in one] == [0, 1, 1, 2, 2]  # written once, not per process
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for key in a:
+            if not key.startswith("time/") and key != "tokens_per_s":
+                assert close(a[key], b[key]), (a["step"], key, a[key], b[key])
+    assert one[1]["loss"] != 0 and one[1]["refine/count"] == 4 * 3  # both processes' groups counted
+    for step in (0, 1, 2):  # evaluation sharded over the processes, gathered back in question order
+        assert lines(tmp_path / "one" / f"eval-{step}.jsonl") == lines(tmp_path / "two" / f"eval-{step}.jsonl")
+    assert lines(tmp_path / "one" / "samples.jsonl") == lines(tmp_path / "two" / "samples.jsonl")
+    for step in (1, 2):
+        a = load_file(tmp_path / "one" / f"checkpoint-{step}" / "adapter_model.safetensors")
+        b = load_file(tmp_path / "two" / f"checkpoint-{step}" / "adapter_model.safetensors")
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)
+    state = torch.load(tmp_path / "two" / "checkpoint-2" / "trainer_state.pt", weights_only=False)
+    assert len(state["process_rng"]) == 2  # every process's RNG, written by the main one
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith("checkpoint")) == \
+        ["checkpoint-1", "checkpoint-2"]
+
+
+def test_two_processes_resume_where_they_stopped(tmp_path, tiny_model_dir, tiny_data):
+    """Sampled at temperature 1: step 2 after a resume equals step 2 of the run that never stopped only if both
+    processes' RNGs came back."""
+    args = ["--temperature", "1.0", "--eval_every", "0", "--samples_every", "0", "--eval_limit", "2"]
+    launch("train.py", *tiny_run(tiny_model_dir, tiny_data, tmp_path / "straight", "--max_steps", "2", *args))
+    launch("train.py", *tiny_run(tiny_model_dir, tiny_data, tmp_path / "resumed", "--max_steps", "1", *args))
+    out = launch("train.py", *tiny_run(tiny_model_dir, tiny_data, tmp_path / "resumed", "--max_steps", "2", "--resume",
+                                       *args))
+    assert "resumed from" in out and out.count("resumed from") == 1  # printed by the main process only
+    straight = [m for m in lines(tmp_path / "straight" / "metrics.jsonl") if "loss" in m]
+    resumed = [m for m in lines(tmp_path / "resumed" / "metrics.jsonl") if "loss" in m]
+    assert [m["step"] for m in resumed] == [1, 2]
+    for key in ("loss", "train/reward", "train/entropy", "train/response_len", "grad_norm"):
+        assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-5), key
+    a = load_file(tmp_path / "straight" / "checkpoint-2" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint-2" / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+
+
+def test_processes_must_split_the_prompts_evenly():
+    with pytest.raises(SystemExit, match="divisible by 2 processes"):
+        train.validate(train.parse_config(["--prompts_per_step", "3"]), num_processes=2)
+
+
+def test_ctrl_c_on_two_processes_leaves_one_consistent_checkpoint(tmp_path, tiny_model_dir, tiny_data):
+    """Ctrl-C reaches the launcher and both processes (one process group, as in a terminal); the main process
+    writes the last finished step with both processes' RNGs, and two processes continue from it."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd, env = launch_cmd("train.py", *tiny_run(tiny_model_dir, tiny_data, out, "--max_steps", "500", "--save_every",
+                                                "3", "--eval_every", "0", "--samples_every", "0", "--eval_limit", "2"))
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-3").exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.5)
+    assert (out / "checkpoint-3").exists(), p.communicate()[0][-3000:] if p.poll() is not None else "no checkpoint"
+    os.killpg(p.pid, signal.SIGINT)
+    log = p.communicate(timeout=120)[0]
+    assert p.returncode != 0 and log.count("interrupted: saved") == 1, log[-3000:]
+    last = train.latest_checkpoint(out)
+    step = int(last.name.split("-")[1])
+    assert not list(out.glob("*.tmp"))  # no half-written checkpoint
+    assert len(torch.load(last / "trainer_state.pt", weights_only=False)["process_rng"]) == 2
+    steps = [m["step"] for m in lines(out / "metrics.jsonl") if "loss" in m]
+    assert steps == list(range(1, step + 1))  # the checkpoint holds exactly the steps that were logged
+    launch("train.py", *tiny_run(tiny_model_dir, tiny_data, out, "--max_steps", str(step + 2), "--save_every", "3",
+                                 "--eval_every", "0", "--samples_every", "0", "--eval_limit", "2", "--resume"))
+    assert [m["step"] for m in lines(out / "metrics.jsonl") if "loss" in m] == list(range(1, step + 3))
+
+
+def test_qlora_trains_on_two_processes(tmp_path, tok, tiny_data):
+    """4-bit base weights in each process, the LoRA adapter reduced by DDP (bitsandbytes' CPU kernels)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    d = tmp_path / "tiny-llama-128"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=None)).save_pretrained(d)
+    tok.save_pretrained(d)
+    out = tmp_path / "qlora"
+    launch("train.py", *tiny_run(str(d), tiny_data, out, "--max_steps", "1", "--load_in_4bit", "--eval_limit", "2",
+                                 "--critique_type", "indicative_gt", "--refine_scope", "all"))
+    step = [m for m in lines(out / "metrics.jsonl") if "loss" in m]
+    assert len(step) == 1 and math.isfinite(step[0]["loss"]) and step[0]["grad_norm"] > 0
+    adapter = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
