@@ -553,7 +553,7 @@ def main(argv=None):
     train_rows = [r for r in train_rows if len(rollout.question_ids(tok, r["question"])) <= room]
     if len(train_rows) < n_rows:
         log(f"warning: skipped {n_rows - len(train_rows)} training questions longer than "
-              "--max_context minus --max_new_tokens")
+            "--max_context minus --max_new_tokens")
     if not train_rows:
         raise SystemExit("error: no training question fits --max_context; raise it or lower --max_new_tokens")
     ref_model = None
@@ -569,8 +569,8 @@ def main(argv=None):
                                                      trust_remote_code=cfg.trust_remote_code)[0].eval()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes; FSDP or DeepSpeed
-    # from `accelerate launch --config_file`); sampling, evaluation and checkpoints use `policy`, the same weights
+    # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes, nothing on one);
+    # sampling, evaluation and checkpoints use `policy`, the same weights
     policy_logprobs, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer,
                                                      device_placement=[False, False])
 
@@ -617,8 +617,8 @@ def main(argv=None):
         return path
     stop = GracefulStop(save_last if is_main else None)
     log(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
-          f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
-          f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
+        f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
+        f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
 
     for step in range(start, cfg.max_steps + 1):
         # ---- Evaluation (held-out, greedy; each process answers every world-th question) and checkpoint ----

@@ -70,6 +70,22 @@ def tiny_model_dir(tmp_path_factory, tok):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_4bit_dir(tmp_path_factory, tok):
+    """A tiny Llama that 4-bit loading accepts: bitsandbytes' CPU 4-bit matmul fails on biased layers (Qwen2's
+    q/k/v) in backward, and its blocks need hidden sizes >= 64."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    d = tmp_path_factory.mktemp("tiny-llama-128")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, bos_token_id=None)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     import json
 

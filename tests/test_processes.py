@@ -151,18 +151,10 @@ def test_ctrl_c_on_two_processes_leaves_one_consistent_checkpoint(tmp_path, tiny
     assert [m["step"] for m in lines(out / "metrics.jsonl") if "loss" in m] == list(range(1, step + 3))
 
 
-def test_qlora_trains_on_two_processes(tmp_path, tok, tiny_data):
+def test_qlora_trains_on_two_processes(tmp_path, tiny_llama_4bit_dir, tiny_data):
     """4-bit base weights in each process, the LoRA adapter reduced by DDP (bitsandbytes' CPU kernels)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    d = tmp_path / "tiny-llama-128"
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=None)).save_pretrained(d)
-    tok.save_pretrained(d)
     out = tmp_path / "qlora"
-    launch("train.py", *tiny_run(str(d), tiny_data, out, "--max_steps", "1", "--load_in_4bit", "--eval_limit", "2",
+    launch("train.py", *tiny_run(tiny_llama_4bit_dir, tiny_data, out, "--max_steps", "1", "--load_in_4bit", "--eval_limit", "2",
                                  "--critique_type", "indicative_gt", "--refine_scope", "all"))
     step = [m for m in lines(out / "metrics.jsonl") if "loss" in m]
     assert len(step) == 1 and math.isfinite(step[0]["loss"]) and step[0]["grad_norm"] > 0

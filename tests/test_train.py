@@ -165,19 +165,9 @@ def test_refuses_to_overwrite_a_run(tmp_path, tiny_model_dir, tiny_data):
         run(tmp_path, tiny_model_dir, tiny_data, "once", "--max_steps", "1")
 
 
-def test_qlora_step_on_4bit_weights(tmp_path, tok, tiny_data):
-    """--load_in_4bit: NF4 base weights (bitsandbytes' CPU kernels), a LoRA adapter trains on top. A Llama
-    shape: bitsandbytes' CPU 4-bit matmul fails on biased layers (Qwen2's q/k/v) in backward, and its
-    blocks need hidden sizes >= 64."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    d = tmp_path / "tiny-llama-128"
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(LlamaConfig(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, bos_token_id=None)).save_pretrained(d)
-    tok.save_pretrained(d)
-    out, metrics = run(tmp_path, str(d), tiny_data, "qlora", "--max_steps", "1", "--load_in_4bit",
+def test_qlora_step_on_4bit_weights(tmp_path, tiny_llama_4bit_dir, tiny_data):
+    """--load_in_4bit: NF4 base weights (bitsandbytes' CPU kernels), a LoRA adapter trains on top."""
+    out, metrics = run(tmp_path, tiny_llama_4bit_dir, tiny_data, "qlora", "--max_steps", "1", "--load_in_4bit",
                        "--critique_type", "indicative_gt", "--refine_scope", "all")
     assert torch.isfinite(torch.tensor(metrics[1]["loss"])) and metrics[1]["grad_norm"] > 0
     lora_b = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
