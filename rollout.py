@@ -470,9 +470,8 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tok
 
 
 class PolicyLogprobs(torch.nn.Module):
-    """`response_logprobs` as a module's forward. DDP, FSDP and DeepSpeed communicate inside the forward and
-    backward of the module they wrap; `response_logprobs` calls the backbone and the LM head apart, so the
-    whole computation is what they wrap."""
+    """`response_logprobs` as one module's forward: the backbone and the LM head, which it calls apart, inside
+    a single forward, for wrappers that act on a module's forward and backward."""
 
     def __init__(self, model):
         super().__init__()

@@ -35,7 +35,7 @@ import data
 import loss as L
 import rollout
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from evaluate import AnswerChecker, evaluate_accuracy
 
 
@@ -290,28 +290,37 @@ def save_checkpoint(path: Path, model, optimizer, step: int, rngs: list[dict]):
 class GracefulStop:
     """Ctrl-C / SIGTERM: write a checkpoint of the last finished step, then exit with code 130.
     Inside `with stop.deferred():` (the update, a checkpoint write) the signal waits for the block to
-    end, so a checkpoint never holds a half-applied step. save_last None: a process that writes nothing (not
-    the main one of several) waits for the end of the next such block even when the signal comes outside
-    one, since the main process may be inside the update, waiting for this one."""
+    end, so a checkpoint never holds a half-applied step.
+    Several processes (any_process, barrier given): a signal only marks the stop; at `step_end()`, which every
+    process calls, they agree whether any was signalled, then the main one (save_last; None elsewhere) writes
+    and all exit together: no process is left waiting in a collective for one that left."""
 
-    def __init__(self, save_last):
-        self.save_last, self.pending, self.depth = save_last, False, 0
+    def __init__(self, save_last, any_process=None, barrier=None):
+        self.save_last, self.any_process, self.barrier = save_last, any_process, barrier
+        self.pending, self.depth = False, 0
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
-        if self.depth or self.save_last is None:
+        if self.depth or self.any_process:
             self.pending = True
         else:
             self._stop()
 
     def _stop(self):
         self.restore()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal (a launcher passing one on): finish writing
         if self.save_last is not None:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a launcher passes a Ctrl-C on as SIGTERM: finish writing
             path = self.save_last()
             print(f"interrupted: saved {path}; continue with --resume" if path else "interrupted: nothing to save yet",
                   flush=True)
+        if self.barrier:
+            self.barrier()
+        signal.signal(signal.SIGTERM, self.previous[signal.SIGTERM])
         raise SystemExit(130)
+
+    def step_end(self):
+        if self.any_process and self.any_process(self.pending):
+            self._stop()
 
     @contextlib.contextmanager
     def deferred(self):
@@ -320,7 +329,7 @@ class GracefulStop:
             yield
         finally:
             self.depth -= 1
-        if self.pending and not self.depth:
+        if self.pending and not self.depth and not self.any_process:
             self._stop()
 
     def restore(self):
@@ -344,14 +353,14 @@ def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lor
     else:  # large models are saved in shards with an index
         from transformers.modeling_utils import load_sharded_checkpoint
         load_sharded_checkpoint(model, path, strict=False)
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")  # not all onto cuda:0
     optimizer.load_state_dict(state["optimizer"])
     rngs = state.get("process_rng", [state])  # one state per process that wrote it
     if len(rngs) == world:
         set_rng_state(rngs[rank], select_rng)
     elif rank == 0:
         print(f"warning: {path} was written by {len(rngs)} processes, resumed on {world}: sampling continues "
-              "from fresh seeds, not where the run stopped")
+              "from each process's starting seed, not where the run stopped")
     return state["step"]
 
 
@@ -415,12 +424,13 @@ def all_processes(accelerator, values: dict[str, float], reduce: str = "sum") ->
 def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trainable, batch: dict | None,
              filler: dict, *, seq_group: list[int], advantages, off_policy, seq_weights, n_groups: int,
              compute_kl: bool) -> tuple[dict, Counter]:
-    """Steps 7 and 8 on this process's groups: updates_per_batch optimizer steps, each over an equal share of
-    every process's groups (n_groups: this process's). The loss constants (groups or sequences x R, or tokens) count over all processes,
-    and each process's loss is multiplied by their number because DDP averages gradients: N processes make the
-    update one process makes from the same groups. Every process runs as many forward/backward passes as the
-    busiest one (zero-weighted passes on `filler` make up the difference): DDP, FSDP and ZeRO communicate
-    inside them. model: the prepared PolicyLogprobs; policy: the bare model (old log-probs, the KL reference).
+    """Steps 7 and 8 on this process's n_groups groups: updates_per_batch optimizer steps, each over an equal
+    share of every process's groups. The loss constants (groups or sequences x R, or tokens) count over all
+    processes, and each process's loss is multiplied by `world` because DDP averages gradients: `world`
+    processes make the update one process makes from the same groups. Every process runs as many
+    forward/backward passes as the busiest one (zero-weighted passes on `filler` make up the difference):
+    DDP communicates inside them. model: the prepared PolicyLogprobs; policy: the bare model (old log-probs,
+    the KL reference).
     Returns this process's loss-term sums (and grad_norm, skipped: the same on every process) and its
     off-policy health sums (loss.off_policy_health)."""
     N, R, world, device = len(seq_group), cfg.max_new_tokens, accelerator.num_processes, accelerator.device
@@ -432,8 +442,10 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
             for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
                 lp = rollout.response_logprobs(policy, rollout.select(batch, idx, device), entropy=False, **logp_kw)[0]
                 old_logp[idx, : lp.shape[1]] = lp.cpu()
-    U = cfg.updates_per_batch  # mini-batch u takes groups u, u + U, ...: with whole groups per process in rank
-    mbs = [set(range(u, n_groups, U)) for u in range(U)]  # order, the same groups whatever the number of processes
+    # mini-batch u takes this process's groups u, u + U, ...: with each process's groups consecutive in the step,
+    # a mini-batch holds the same groups whatever the number of processes
+    U = cfg.updates_per_batch
+    mbs = [set(range(u, n_groups, U)) for u in range(U)]
     seqs = [[i for i in range(N) if seq_group[i] in mb] for mb in mbs]
     micros = [rollout.micro_batches(batch, s, cfg.micro_batch_tokens) if s else [] for s in seqs]
     counts = torch.tensor([[len(mb), len(s), int(batch["response_mask"][s].sum()) if s else 0, len(mi)]
@@ -503,13 +515,18 @@ def main(argv=None):
     cfg = parse_config(argv)
     # Processes: `python train.py` is one; `accelerate launch --num_processes N train.py` (or torchrun) starts N,
     # each taking whole groups of every step (below, "this process's groups"); the main one alone writes files.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.output_dir,
-                              log_with=None if cfg.report_to == "none" else cfg.report_to)
+    # mixed precision and compilation off whatever `accelerate config` says: --dtype decides the weights, and the
+    # log-probs of the update must be those of sampling and of the bare model (old log-probs, KL reference)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.output_dir, mixed_precision="no",
+                              dynamo_backend="no", log_with=None if cfg.report_to == "none" else cfg.report_to)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     log = print if is_main else (lambda *a, **kw: None)
     if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # sharded weights need gathering to generate
         raise SystemExit(f"error: {accelerator.distributed_type.value} is not supported yet: each process holds the "
                          "whole model (DDP; LoRA or QLoRA for large models); see README 'Scaling'")
+    if accelerator.gradient_accumulation_steps != 1:  # it would divide the loss: the step's constants decide that
+        raise SystemExit("error: gradient accumulation from the accelerate config is not used here: unset it "
+                         "(--micro_batch_tokens already splits every update)")
     validate(cfg, world)
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
@@ -569,8 +586,8 @@ def main(argv=None):
                                                      trust_remote_code=cfg.trust_remote_code)[0].eval()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes, nothing on one);
-    # sampling, evaluation and checkpoints use `policy`, the same weights
+    # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes, which copies the main
+    # process's weights to all, nothing on one); sampling, evaluation and checkpoints use `policy`, the same weights
     policy_logprobs, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer,
                                                      device_placement=[False, False])
 
@@ -599,7 +616,7 @@ def main(argv=None):
     checker = AnswerChecker()
 
     start = 0
-    if cfg.resume and (ckpt := latest_checkpoint(out)):
+    if cfg.resume and (ckpt := broadcast_object_list([latest_checkpoint(out)])[0]):  # the main process's choice
         start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora, rank, world)
         log(f"resumed from {ckpt} at step {start}")
     k = cfg.n_refine if cfg.critique_type != "none" and cfg.baseline not in ("sft", "raft") else 0
@@ -615,7 +632,8 @@ def main(argv=None):
         path = out / f"checkpoint-{finished['step']}"
         save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"])
         return path
-    stop = GracefulStop(save_last if is_main else None)
+    stop = GracefulStop(save_last if is_main else None, **({} if world == 1 else dict(
+        any_process=lambda flag: any(gather_object([flag])), barrier=accelerator.wait_for_everyone)))
     log(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
         f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
         f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
@@ -755,7 +773,7 @@ def main(argv=None):
 
             # ---- Logging: this process's sums, added up over all processes (times: the slowest), then ratios ----
             wrong = [j for j, i in enumerate(to_refine) if rewards[i] == 0]
-            tot = all_processes(accelerator, {
+            tot = Counter(all_processes(accelerator, {
                 "reward": sum(rewards), "samples": len(rewards), "groups": B, "zero_adv_after": zero_adv_after,
                 "zero_adv_before": sum(len({rewards[i] for i in g}) == 1 for g in groups),
                 "refine_reward": sum(refine_rewards), "refined": len(to_refine), "wrong_refined": len(wrong),
@@ -764,7 +782,7 @@ def main(argv=None):
                 **{f"critic/{k_}": getattr(critic, k_, 0) - critic_before[k_] for k_ in critic_before},
                 "response_tokens": sum(len(r) for r in responses), "refine_tokens": sum(len(r) for r in refinements),
                 "examples": N, "example_tokens": sum(len(r) for r in seq_resp),
-                **{k_: sums[k_] for k_ in ("loss", "entropy", "kl")}, **health})
+                **{k_: sums[k_] for k_ in ("loss", "entropy", "kl")}, **health}))  # Counter: no health sums = 0
             slowest = all_processes(accelerator, {k_: t[k_] - t[p_] for p_, k_ in zip(
                 ["start", "sample", "verify", "critique", "refine"], ["sample", "verify", "critique", "refine", "update"])},
                 reduce="max")
@@ -813,6 +831,7 @@ def main(argv=None):
                 if is_main:
                     write_jsonl(out / "samples.jsonl", records)
             finished.update(step=step + 1, rngs=gather_object([rng_state(select_rng)]))
+        stop.step_end()  # several processes: a Ctrl-C on any takes effect here, on all
 
     checker.close()
     stop.restore()

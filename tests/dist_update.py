@@ -1,6 +1,6 @@
-"""One update (train.optimise, steps 7-8) on a fixed hand-made rollout of 4 groups, by one process or by each
-process of `accelerate launch --num_processes N tests/dist_update.py OUT CASES` (each taking its whole groups,
-as train.py does). tests/test_processes.py checks that both give the same loss, gradients and weights.
+"""One update (train.optimise, steps 7-8) on a fixed hand-made rollout of 4 groups, by one process
+(`python tests/dist_update.py OUT CASES`) or by each process of `accelerate launch --num_processes N
+tests/dist_update.py OUT CASES` (each taking its whole groups, as train.py does). tests/test_processes.py checks that both give the same loss, gradients and weights.
 
 Not a test file itself: the multi-process side has to be a script a launcher starts.
 """

@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import dist_update
 import train
 from conftest import ROOT
 
@@ -40,12 +39,12 @@ def launch(*args, n=2, timeout=600):
 
 
 def test_two_processes_make_the_update_one_process_makes(tmp_path):
-    from accelerate import Accelerator
     launch("tests/dist_update.py", tmp_path / "two.pt", json.dumps(CASES))
-    two = torch.load(tmp_path / "two.pt")
-    acc = Accelerator(cpu=True)
-    for case, got in zip(CASES, two):
-        want = dist_update.one_update(acc, **case)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))  # its own process: accelerate's state is global
+    subprocess.run([sys.executable, "tests/dist_update.py", tmp_path / "one.pt", json.dumps(CASES)], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    for case, got, want in zip(CASES, two, one):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), case
         assert got["entropy"] == pytest.approx(want["entropy"], rel=1e-5), case
         assert got["on_tokens"] == want["on_tokens"] > 0, case
