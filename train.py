@@ -413,12 +413,13 @@ def write_jsonl(path: Path, records: list[dict], mode: str = "a"):
             f.write(json.dumps(r) + "\n")
 
 
-def all_processes(accelerator, values: dict[str, float], reduce: str = "sum") -> dict[str, float]:
-    """Each value summed (or maxed) over every process; a key a process lacks counts as 0 there (a process with
-    nothing to train has no health sums). One process: the values themselves."""
+def all_processes(accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over every process, in one collective; `time/...` values take the slowest process's. A
+    key a process lacks counts as 0 there (a process with nothing to train has no health sums). One process:
+    the values themselves."""
     every = gather_object([{k: float(v) for k, v in values.items()}])  # one dict per process
-    combine = sum if reduce == "sum" else max
-    return {k: combine(d.get(k, 0.0) for d in every) for k in dict.fromkeys(k for d in every for k in d)}
+    return {k: (max if k.startswith("time/") else sum)(d.get(k, 0.0) for d in every)
+            for k in dict.fromkeys(k for d in every for k in d)}
 
 
 def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trainable, batch: dict | None,
@@ -662,8 +663,8 @@ def main(argv=None):
             with stop.deferred():
                 save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"])
             log(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
-                  f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
-                  f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
+                f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
+                f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
         if step == cfg.max_steps:
             break
         t = {"start": time.perf_counter()}
@@ -771,7 +772,7 @@ def main(argv=None):
                                     seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl)
             t["update"] = time.perf_counter()
 
-            # ---- Logging: this process's sums, added up over all processes (times: the slowest), then ratios ----
+            # ---- Logging: this process's sums, added up over all processes (times: the slowest's), then ratios ----
             wrong = [j for j, i in enumerate(to_refine) if rewards[i] == 0]
             tot = Counter(all_processes(accelerator, {
                 "reward": sum(rewards), "samples": len(rewards), "groups": B, "zero_adv_after": zero_adv_after,
@@ -782,10 +783,11 @@ def main(argv=None):
                 **{f"critic/{k_}": getattr(critic, k_, 0) - critic_before[k_] for k_ in critic_before},
                 "response_tokens": sum(len(r) for r in responses), "refine_tokens": sum(len(r) for r in refinements),
                 "examples": N, "example_tokens": sum(len(r) for r in seq_resp),
-                **{k_: sums[k_] for k_ in ("loss", "entropy", "kl")}, **health}))  # Counter: no health sums = 0
-            slowest = all_processes(accelerator, {k_: t[k_] - t[p_] for p_, k_ in zip(
-                ["start", "sample", "verify", "critique", "refine"], ["sample", "verify", "critique", "refine", "update"])},
-                reduce="max")
+                **{k_: sums[k_] for k_ in ("loss", "entropy", "kl")}, **health,
+                **{f"time/{k_}": t[k_] - t[p_] for p_, k_ in zip(["start", "sample", "verify", "critique", "refine"],
+                                                                 ["sample", "verify", "critique", "refine", "update"])},
+            }))  # a Counter: no health sums read as 0
+            times = {k_: v for k_, v in tot.items() if k_.startswith("time/")}
             ratio = lambda a, b: tot[a] / tot[b] if tot[b] else float("nan")  # noqa: E731
             m.update({
                 "train/reward": ratio("reward", "samples"),
@@ -805,9 +807,9 @@ def main(argv=None):
                 "kl": tot["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
                 **({"baseline/examples": int(tot["examples"]), "baseline/mean_len": ratio("example_tokens", "examples")
                     if tot["examples"] else 0.0} if cfg.baseline != "none" else {}),
-                **{f"time/{k_}": v for k_, v in slowest.items()},
+                **times,
                 "tokens_per_s": (tot["response_tokens"] + tot["refine_tokens"]) /
-                max(slowest["sample"] + slowest["refine"], 1e-9),
+                max(tot["time/sample"] + tot["time/refine"], 1e-9),
             })
             if is_main:
                 write_jsonl(out / "metrics.jsonl", [m])
@@ -820,7 +822,7 @@ def main(argv=None):
                 f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
                 f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | "
                 f"ent {m['train/entropy']:.3f} | len {m['train/response_len']:.0f} | "
-                f"{sum(slowest.values()):.1f}s", flush=True)
+                f"{sum(times.values()):.1f}s", flush=True)
             if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                 records = [{"step": step + 1, "question": rows[i // n_sample]["question"], "response": texts[i],
                             "reward": rewards[i]} for i in range(len(texts))]
