@@ -343,7 +343,7 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: i
     rows: dict[tuple, int] = {}
     prompt_index = torch.tensor([rows.setdefault(tuple(p), len(rows)) for p in prompts])
     P = max(len(p) for p in rows)
-    R = R or max(max(len(r) for r in responses), 1)
+    R = R or max(max(len(r) for r in responses), 2)  # >= 2 columns: see `select`
     prompt_ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros((len(rows), P), dtype=torch.long)
     for p, u in rows.items():
@@ -361,11 +361,13 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: i
 
 def select(batch: dict, idx: list[int], device="cpu") -> dict:
     """Sequences `idx` of a packed batch, with only the prompts they use, on `device`. Columns that are
-    padding in every row are cut: leading prompt columns, trailing response columns."""
+    padding in every row are cut: leading prompt columns, trailing response columns, keeping two at least:
+    then every forward runs the prompt pass and the response pass (engines that gather weights per module call,
+    ZeRO-3 and FSDP, need every process to call the same modules as often)."""
     used, prompt_index = torch.unique(batch["prompt_index"][idx], return_inverse=True)
     pm, rm = batch["prompt_mask"][used], batch["response_mask"][idx]
     first = int(pm.any(0).nonzero()[0])
-    r = max(int(rm.sum(1).max()), 1)
+    r = min(max(int(rm.sum(1).max()), 2), rm.shape[1])
     return dict(prompt_ids=batch["prompt_ids"][used, first:].to(device), prompt_mask=pm[:, first:].to(device),
                 prompt_index=prompt_index.to(device), response_ids=batch["response_ids"][idx, :r].to(device),
                 response_mask=rm[:, :r].to(device))
@@ -476,6 +478,7 @@ class PolicyLogprobs(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps each decoder layer
 
     def forward(self, batch: dict, **kw):
         return response_logprobs(self.model, batch, **kw)

@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -35,7 +36,7 @@ import data
 import loss as L
 import rollout
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from evaluate import AnswerChecker, evaluate_accuracy
 
 
@@ -274,17 +275,33 @@ def set_rng_state(state: dict, select_rng: random.Random):
         torch.cuda.set_rng_state(state["cuda_rng"])
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, rngs: list[dict]):
+def save_checkpoint(path: Path, model, optimizer, step: int, rngs: list[dict], accelerator=None, engine=None):
     """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint. rngs: every
-    process's RNG state in rank order; the main process writes it all, so it never waits for another one."""
+    process's RNG state in rank order; the main process writes it all, so it never waits for another one.
+    engine: the prepared model when the weights or the optimizer state are split over processes (DeepSpeed ZeRO,
+    FSDP); then every process calls this: each writes its shards under `sharded/` through accelerate's
+    save_state, and the main process the gathered weights, which evaluate.py reads."""
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    # A LoRA adapter never trains the embeddings; False also spares peft a hub lookup of the base model's vocab
-    model.save_pretrained(tmp, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), **rngs[0], "process_rng": rngs},
-               tmp / "trainer_state.pt")
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    is_main = engine is None or accelerator.is_main_process
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    state_dict = None
+    if engine is not None:
+        accelerator.wait_for_everyone()  # the main process has cleared tmp
+        whole = accelerator.get_state_dict(engine)  # gathered onto the main process (ZeRO-3: None elsewhere)
+        state_dict = {k.removeprefix("model."): v for k, v in whole.items()} if is_main else None
+        accelerator.save_state(tmp / "sharded")
+    if is_main:
+        # A LoRA adapter never trains the embeddings; False also spares peft a hub lookup of the base model's vocab
+        model.save_pretrained(tmp, state_dict=state_dict,
+                              **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
+        torch.save({"step": step, "optimizer": None if engine else optimizer.state_dict(), **rngs[0],
+                    "process_rng": rngs}, tmp / "trainer_state.pt")
+    if engine is not None:
+        accelerator.wait_for_everyone()  # every shard is written
+    if is_main:
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
 
 
 class GracefulStop:
@@ -292,11 +309,12 @@ class GracefulStop:
     Inside `with stop.deferred():` (the update, a checkpoint write) the signal waits for the block to
     end, so a checkpoint never holds a half-applied step.
     Several processes (any_process, barrier given): a signal only marks the stop; at `step_end()`, which every
-    process calls, they agree whether any was signalled, then the main one (save_last; None elsewhere) writes
-    and all exit together: no process is left waiting in a collective for one that left."""
+    process calls, they agree whether any was signalled, then the main one (save_last; None elsewhere; all of them
+    when the weights are split) writes and all exit together: no process is left waiting in a collective for one
+    that left. announce: this process prints what was saved."""
 
-    def __init__(self, save_last, any_process=None, barrier=None):
-        self.save_last, self.any_process, self.barrier = save_last, any_process, barrier
+    def __init__(self, save_last, any_process=None, barrier=None, announce=True):
+        self.save_last, self.any_process, self.barrier, self.announce = save_last, any_process, barrier, announce
         self.pending, self.depth = False, 0
         self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -311,8 +329,9 @@ class GracefulStop:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal (a launcher passing one on): finish writing
         if self.save_last is not None:
             path = self.save_last()
-            print(f"interrupted: saved {path}; continue with --resume" if path else "interrupted: nothing to save yet",
-                  flush=True)
+            if self.announce:
+                print(f"interrupted: saved {path}; continue with --resume" if path else "interrupted: nothing to save "
+                      "yet", flush=True)
         if self.barrier:
             self.barrier()
         signal.signal(signal.SIGTERM, self.previous[signal.SIGTERM])
@@ -343,9 +362,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lora: bool, rank: int = 0,
-                    world: int = 1) -> int:
+                    world: int = 1, accelerator=None) -> int:
     from safetensors.torch import load_file
-    if lora:
+    if (path / "sharded").exists():  # a DeepSpeed / FSDP run's: each process loads its shards of weights and optimizer
+        accelerator.load_state(path / "sharded")
+    elif lora:
         from peft import set_peft_model_state_dict
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
     elif (path / "model.safetensors").exists():
@@ -354,7 +375,8 @@ def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lor
         from transformers.modeling_utils import load_sharded_checkpoint
         load_sharded_checkpoint(model, path, strict=False)
     state = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")  # not all onto cuda:0
-    optimizer.load_state_dict(state["optimizer"])
+    if state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
     rngs = state.get("process_rng", [state])  # one state per process that wrote it
     if len(rngs) == world:
         set_rng_state(rngs[rank], select_rng)
@@ -422,27 +444,61 @@ def all_processes(accelerator, values: dict[str, float]) -> dict[str, float]:
             for k in dict.fromkeys(k for d in every for k in d)}
 
 
+@contextlib.contextmanager
+def whole_weights(accelerator, engine):
+    """Generation under split weights (DeepSpeed ZeRO-3, FSDP2): every process gathers the whole model once,
+    generates, and frees it after. The per-layer gathers are off meanwhile: processes generate different numbers
+    of tokens and refine different numbers of responses, so a collective in every forward would leave them
+    waiting on each other. Whole weights on every process already (one process, DDP, ZeRO-1/2): nothing to do."""
+    if accelerator.distributed_type.value == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+        with unwrap_model_for_generation(engine):
+            yield
+    elif accelerator.distributed_type.value == "FSDP":
+        from torch.distributed.fsdp import FSDPModule
+        units = [m for m in engine.modules() if isinstance(m, FSDPModule)]  # the root first
+        engine._get_fsdp_state()._lazy_init()  # else the first layer to run a forward (here) would make itself root
+        for m in units:
+            m.unshard()
+            m.set_reshard_after_forward(False, recurse=False)  # a forward that finds its weights whole keeps them
+        try:
+            yield
+        finally:
+            for m in units:
+                m.reshard()
+                m.set_reshard_after_forward(accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False)
+    else:
+        yield
+
+
 def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trainable, batch: dict | None,
              filler: dict, *, seq_group: list[int], advantages, off_policy, seq_weights, n_groups: int,
-             compute_kl: bool) -> tuple[dict, Counter]:
+             compute_kl: bool, sharded: bool = False, gathered=contextlib.nullcontext) -> tuple[dict, Counter]:
     """Steps 7 and 8 on this process's n_groups groups: updates_per_batch optimizer steps, each over an equal
     share of every process's groups. The loss constants (groups or sequences x R, or tokens) count over all
     processes, and each process's loss is multiplied by `world` because DDP averages gradients: `world`
     processes make the update one process makes from the same groups. Every process runs as many
     forward/backward passes as the busiest one (zero-weighted passes on `filler` make up the difference):
     DDP communicates inside them. model: the prepared PolicyLogprobs; policy: the bare model (old log-probs,
-    the KL reference).
+    the KL reference). sharded: weights or optimizer state split over processes (DeepSpeed, FSDP); gathered: a
+    context in which `policy` holds its whole weights (whole_weights).
     Returns this process's loss-term sums (and grad_norm, skipped: the same on every process) and its
     off-policy health sums (loss.off_policy_health)."""
     N, R, world, device = len(seq_group), cfg.max_new_tokens, accelerator.num_processes, accelerator.device
     logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
-    old_logp = None
-    if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: need pi_old explicitly
-        old_logp = torch.zeros(batch["response_ids"].shape)                                  # (N, Rb)
-        with torch.no_grad():
+
+    def fixed_logprobs(m) -> torch.Tensor:  # (N, Rb) log-probs of every response under a model not being trained
+        out = torch.zeros(batch["response_ids"].shape)
+        with torch.no_grad(), gathered():  # split weights: gathered once, no collective in these forwards
             for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
-                lp = rollout.response_logprobs(policy, rollout.select(batch, idx, device), entropy=False, **logp_kw)[0]
-                old_logp[idx, : lp.shape[1]] = lp.cpu()
+                lp = rollout.response_logprobs(m, rollout.select(batch, idx, device), entropy=False, **logp_kw)[0]
+                out[idx, : lp.shape[1]] = lp.cpu()
+        return out
+    # later mini-batches see a changed policy: they need pi_old explicitly
+    old_logp = fixed_logprobs(policy) if cfg.updates_per_batch > 1 and N else None
+    if compute_kl and N:  # the reference: the base model under the adapter, or the frozen copy
+        with policy.disable_adapter() if cfg.lora else contextlib.nullcontext():
+            ref_logp = fixed_logprobs(policy if cfg.lora else ref_model)
     # mini-batch u takes this process's groups u, u + U, ...: with each process's groups consecutive in the step,
     # a mini-batch holds the same groups whatever the number of processes
     U = cfg.updates_per_batch
@@ -468,8 +524,9 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
         todo = micros[u] + [None] * (passes[u] - len(micros[u]))
         for j, idx in enumerate(todo):
             micro = filler if idx is None else rollout.select(batch, idx, device)  # padding columns cut: r <= Rb
-            last = j == len(todo) - 1  # gradients are reduced over processes in the last backward only
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            last = j == len(todo) - 1  # DDP reduces gradients in the last backward only; DeepSpeed steps after it
+            accelerator.gradient_state._set_sync_gradients(last)  # (FSDP2 reduce-scatters every pass: less memory)
+            with contextlib.nullcontext() if last or sharded else accelerator.no_sync(model):
                 logp, ent = model(micro, **logp_kw)                                                 # (n, r)
                 if idx is None:  # nothing of this process's left in this mini-batch: take part, add nothing
                     accelerator.backward(0.0 * (logp.sum() + ent.sum()))
@@ -487,16 +544,14 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
                 ent = (ent * mask).sum() / n_tokens
                 total = pg - cfg.entropy_coef * ent
                 if compute_kl:
-                    with torch.no_grad(), (policy.disable_adapter() if cfg.lora else contextlib.nullcontext()):
-                        ref_logp = rollout.response_logprobs(policy if cfg.lora else ref_model, micro,
-                                                             entropy=False, **logp_kw)[0]
-                    kl = (L.kl_k3(logp, ref_logp) * mask).sum() / n_tokens
+                    kl = (L.kl_k3(logp, ref_logp[idx, : logp.shape[1]].to(device)) * mask).sum() / n_tokens
                     total = total + cfg.kl_coef * kl if cfg.kl_coef > 0 else total
                     sums["kl"] += kl.item()
                 accelerator.backward(world * total)  # DDP divides the summed gradients by `world`
                 sums["loss"] += total.item()
                 sums["entropy"] += ent.item()
-        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        # DeepSpeed has clipped and stepped in the last backward (gradient_clipping = max_grad_norm): its norm
+        grad_norm = torch.as_tensor(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm))
         if torch.isfinite(grad_norm):
             optimizer.step()
             sums["grad_norm"] += grad_norm.item() / len(mbs)
@@ -511,23 +566,48 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def main(argv=None):
-    t_run = time.perf_counter()
-    cfg = parse_config(argv)
-    # Processes: `python train.py` is one; `accelerate launch --num_processes N train.py` (or torchrun) starts N,
-    # each taking whole groups of every step (below, "this process's groups"); the main one alone writes files.
-    # mixed precision and compilation off whatever `accelerate config` says: --dtype decides the weights, and the
-    # log-probs of the update must be those of sampling and of the bare model (old log-probs, KL reference)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), project_dir=cfg.output_dir, mixed_precision="no",
-                              dynamo_backend="no", log_with=None if cfg.report_to == "none" else cfg.report_to)
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    log = print if is_main else (lambda *a, **kw: None)
-    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):  # sharded weights need gathering to generate
-        raise SystemExit(f"error: {accelerator.distributed_type.value} is not supported yet: each process holds the "
-                         "whole model (DDP; LoRA or QLoRA for large models); see README 'Scaling'")
+def deepspeed(accelerator) -> bool:
+    return accelerator.distributed_type.value == "DEEPSPEED"
+
+
+def start_processes(cfg: Config) -> tuple[Accelerator, Config]:
+    """This process's Accelerator. `python train.py` is one process; `accelerate launch --num_processes N train.py`
+    (or torchrun) starts N, each taking whole groups of every step, the main one alone writing files; with
+    `--config_file configs/zero3.yaml` (zero2, fsdp) the policy's weights, gradients and optimizer state are split
+    over them. Mixed precision and compilation are off whatever `accelerate config` says: --dtype decides the
+    weights, and the update's log-probs must be those of sampling and of the bare model (old log-probs, KL
+    reference). Returns the config too: ZeRO-3 changes --logprob_chunk."""
+    # DeepSpeed runs on a CPU too (its CPU accelerator over gloo), but accelerate starts it only with cpu=False
+    on_cpu, ds = not torch.cuda.is_available(), os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    accelerator = Accelerator(cpu=on_cpu and not ds, project_dir=cfg.output_dir, mixed_precision="no",
+                              dynamo_backend="no", log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if on_cpu and ds else None)
+    if accelerator.distributed_type.value == "FSDP" and not accelerator.is_fsdp2:
+        raise SystemExit("error: FSDP1 is not supported: set fsdp_version: 2 (configs/fsdp.yaml)")
     if accelerator.gradient_accumulation_steps != 1:  # it would divide the loss: the step's constants decide that
         raise SystemExit("error: gradient accumulation from the accelerate config is not used here: unset it "
                          "(--micro_batch_tokens already splits every update)")
+    if deepspeed(accelerator):
+        plugin, dtype = accelerator.state.deepspeed_plugin, rollout.choose_dtype(cfg.dtype)[0]
+        plugin.deepspeed_config.update(  # steps 7-8 set the batch: one engine step per optimizer step
+            train_micro_batch_size_per_gpu=1, train_batch_size=accelerator.num_processes,
+            gradient_clipping=cfg.max_grad_norm,  # the engine clips, at --max_grad_norm
+            bf16={"enabled": dtype == torch.bfloat16}, fp16={"enabled": dtype == torch.float16})  # + fp32 masters
+        from transformers.integrations import unset_hf_deepspeed_config
+        unset_hf_deepspeed_config()  # no zero.Init: every model loads whole, the engine splits the policy in prepare
+        if plugin.zero_stage == 3:  # it gathers the LM head at each call: one call per forward on every process
+            cfg = dataclasses.replace(cfg, logprob_chunk=2**31)
+    return accelerator, cfg
+
+
+def main(argv=None):
+    t_run = time.perf_counter()
+    cfg = parse_config(argv)
+    accelerator, cfg = start_processes(cfg)
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    log = print if is_main else (lambda *a, **kw: None)
+    # Sharded engines (configs/zero2.yaml, zero3.yaml, fsdp.yaml): every process calls the checkpoint writer
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     validate(cfg, world)
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
@@ -543,6 +623,7 @@ def main(argv=None):
         if differ:
             raise SystemExit("error: --resume with a different config: " + ", ".join(differ) +
                              "\n       pass the same flags, or --allow_config_change to resume anyway")
+    accelerator.wait_for_everyone()  # every process has read config.json before the main one rewrites it
     device = accelerator.device
     dtype, why = rollout.choose_dtype(cfg.dtype)
     machine = {"device": rollout.describe_device(device.type), "dtype": str(dtype).removeprefix("torch."),
@@ -554,9 +635,9 @@ def main(argv=None):
     accelerator.init_trackers("critique-grpo", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                        for k, v in dataclasses.asdict(cfg).items()},
                               init_kwargs={"wandb": {"name": out.name}, "mlflow": {"run_name": out.name}})
-    seed = cfg.seed + rank  # each process samples its own groups with its own draws; process 0 = one process
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    select_rng = random.Random(seed)
+    seed_all = lambda seed: (random.seed(seed), np.random.seed(seed), torch.manual_seed(seed))  # noqa: E731
+    seed_all(cfg.seed)  # the same initial weights (LoRA's random A) everywhere: ZeRO-3 and FSDP keep each one's slice
+    select_rng = random.Random(cfg.seed + rank)
 
     train_rows = data.load_rows(cfg.train_data, cfg.question_key, cfg.answer_key, cfg.solution_key)
     eval_sets = {Path(src).stem: data.load_rows(src, cfg.question_key, cfg.answer_key, cfg.solution_key)
@@ -590,7 +671,11 @@ def main(argv=None):
     # Step 7's log-probs run through the wrapper accelerate prepares (DDP on several processes, which copies the main
     # process's weights to all, nothing on one); sampling, evaluation and checkpoints use `policy`, the same weights
     policy_logprobs, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer,
-                                                     device_placement=[False, False])
+                                                     device_placement=None if deepspeed(accelerator) else [False, False])
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 has replaced them by sharded ones
+    if rank:  # each process samples its own groups with its own draws; process 0 = one process
+        seed_all(cfg.seed + rank)
+    gathered = lambda: whole_weights(accelerator, policy_logprobs)  # noqa: E731  (generation under split weights)
 
     gen_kw = dict(batch_size=cfg.gen_batch_size, merge_lora=cfg.merge_lora,
                   static_cache=device.type == "cuda" if cfg.static_cache is None else cfg.static_cache)
@@ -618,7 +703,7 @@ def main(argv=None):
 
     start = 0
     if cfg.resume and (ckpt := broadcast_object_list([latest_checkpoint(out)])[0]):  # the main process's choice
-        start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora, rank, world)
+        start = load_checkpoint(ckpt, policy, optimizer, select_rng, cfg.lora, rank, world, accelerator)
         log(f"resumed from {ckpt} at step {start}")
     k = cfg.n_refine if cfg.critique_type != "none" and cfg.baseline not in ("sft", "raft") else 0
     n_sample = cfg.n_init - k if cfg.group_mode == "append" else cfg.n_init  # k refinements join each group
@@ -626,16 +711,17 @@ def main(argv=None):
     accuracy = {}
     # the state a Ctrl-C checkpoint holds: the last finished step, every process's RNG after it
     finished = {"step": start, "rngs": gather_object([rng_state(select_rng)])}
+    engine = (accelerator, policy_logprobs) if sharded else ()  # split weights: every process saves its shards
 
     def save_last():
         if finished["step"] == start:
             return None  # nothing trained since the start or the resumed checkpoint
         path = out / f"checkpoint-{finished['step']}"
-        save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"])
+        save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"], *engine)
         return path
-    stop = GracefulStop(save_last if is_main else None, **({} if world == 1 else dict(
+    stop = GracefulStop(save_last if is_main or sharded else None, announce=is_main, **({} if world == 1 else dict(
         any_process=lambda flag: any(gather_object([flag])), barrier=accelerator.wait_for_everyone)))
-    log(f"policy {cfg.model}: {sum(p.numel() for p in trainable):,} trainable parameters; {len(train_rows)} train "
+    log(f"policy {cfg.model}: {sum(getattr(p, 'ds_numel', p.numel()) for p in trainable):,} trainable parameters; {len(train_rows)} train "
         f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
         f"; critique_type={cfg.critique_type}; writing to {out}/", flush=True)
 
@@ -643,7 +729,8 @@ def main(argv=None):
         # ---- Evaluation (held-out, greedy; each process answers every world-th question) and checkpoint ----
         if step == start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
             t_eval = time.perf_counter()
-            _, mine = evaluate_accuracy(policy, tok, eval_rows[rank::world], checker, max_new_tokens=R, **gen_kw)
+            with gathered():
+                _, mine = evaluate_accuracy(policy, tok, eval_rows[rank::world], checker, max_new_tokens=R, **gen_kw)
             records = [None] * len(eval_rows)
             for r, recs in enumerate(gather_object([mine])):  # back in question order
                 records[r::world] = recs
@@ -659,9 +746,10 @@ def main(argv=None):
                 write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
                 write_jsonl(out / "metrics.jsonl", [m_eval])
             accelerator.log(m_eval, step=step)
-        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)) and is_main:
+        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)) and (
+                is_main or sharded):
             with stop.deferred():
-                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"])
+                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"], *engine)
             log(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
                 f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
                 f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
@@ -674,56 +762,57 @@ def main(argv=None):
         rows = rows[rank * B: (rank + 1) * B]  # this process's groups
         prompt_ids = [rollout.question_ids(tok, r["question"]) for r in rows]                # (B,) lists
 
-        # ---- 1. Sample: n responses per prompt from the current policy ----
-        responses = rollout.generate(policy, tok, [p for p in prompt_ids for _ in range(n_sample)],
-                                     max_new_tokens=R, temperature=cfg.temperature, top_p=cfg.top_p,
-                                     desc="sample", **gen_kw)                                # (B*n,)
-        texts = tok.batch_decode(responses, skip_special_tokens=True)
-        t["sample"] = time.perf_counter()
+        with gathered():  # steps 1-4 generate: under split weights each process holds the whole model
+            # ---- 1. Sample: n responses per prompt from the current policy ----
+            responses = rollout.generate(policy, tok, [p for p in prompt_ids for _ in range(n_sample)],
+                                         max_new_tokens=R, temperature=cfg.temperature, top_p=cfg.top_p,
+                                         desc="sample", **gen_kw)                                # (B*n,)
+            texts = tok.batch_decode(responses, skip_special_tokens=True)
+            t["sample"] = time.perf_counter()
 
-        # ---- 2. Verify: binary reward from the final answer ----
-        gts = [r["answer"] for r in rows for _ in range(n_sample)]
-        rewards = checker(texts, gts)                                                        # (B*n,)
-        t["verify"] = time.perf_counter()
-        groups = [list(range(g * n_sample, (g + 1) * n_sample)) for g in range(B)]
+            # ---- 2. Verify: binary reward from the final answer ----
+            gts = [r["answer"] for r in rows for _ in range(n_sample)]
+            rewards = checker(texts, gts)                                                        # (B*n,)
+            t["verify"] = time.perf_counter()
+            groups = [list(range(g * n_sample, (g + 1) * n_sample)) for g in range(B)]
 
-        # ---- 3. Critique: which responses get one is the refine scope ----
-        if cfg.refine_scope == "all":
-            to_refine = [i for g in groups for i in g]
-        elif cfg.refine_scope == "wrong":
-            to_refine = [i for g in groups for i in g if rewards[i] == 0]
-        else:  # all_wrong: only groups with no correct answer
-            to_refine = [i for g in groups if not any(rewards[i] for i in g) for i in g]
-        to_refine = to_refine if k else []
-        if cfg.critique_type == "expert":  # no critique: one demonstration per group in scope
-            to_refine = sorted({g[0] for g in groups if set(g) & set(to_refine)})
-        qs = [rows[i // n_sample]["question"] for i in to_refine]
-        critic_before = {k_: getattr(critic, k_, 0) for k_ in ("calls", "tokens_in", "tokens_out")}
-        critiques, fallbacks = critique.make_critiques(
-            cfg.critique_type, questions=qs, responses=[texts[i] for i in to_refine],
-            correct=[rewards[i] > 0 for i in to_refine], ground_truths=[gts[i] for i in to_refine],
-            references=[rows[i // n_sample].get("solution") for i in to_refine], critic=critic,
-            tries=cfg.critic_tries) if to_refine else ([], 0)
-        t["critique"] = time.perf_counter()
+            # ---- 3. Critique: which responses get one is the refine scope ----
+            if cfg.refine_scope == "all":
+                to_refine = [i for g in groups for i in g]
+            elif cfg.refine_scope == "wrong":
+                to_refine = [i for g in groups for i in g if rewards[i] == 0]
+            else:  # all_wrong: only groups with no correct answer
+                to_refine = [i for g in groups if not any(rewards[i] for i in g) for i in g]
+            to_refine = to_refine if k else []
+            if cfg.critique_type == "expert":  # no critique: one demonstration per group in scope
+                to_refine = sorted({g[0] for g in groups if set(g) & set(to_refine)})
+            qs = [rows[i // n_sample]["question"] for i in to_refine]
+            critic_before = {k_: getattr(critic, k_, 0) for k_ in ("calls", "tokens_in", "tokens_out")}
+            critiques, fallbacks = critique.make_critiques(
+                cfg.critique_type, questions=qs, responses=[texts[i] for i in to_refine],
+                correct=[rewards[i] > 0 for i in to_refine], ground_truths=[gts[i] for i in to_refine],
+                references=[rows[i // n_sample].get("solution") for i in to_refine], critic=critic,
+                tries=cfg.critic_tries) if to_refine else ([], 0)
+            t["critique"] = time.perf_counter()
 
-        # ---- 4. Refine: the same (pre-update) policy (or --refiner_model) re-answers given the critique ----
-        refine_prompts, n_truncated = [], 0
-        if cfg.critique_type == "expert":  # the reference solution stands in for a refinement
-            refinements = [policy_tokens(tok, rows[i // n_sample]["solution"], R) for i in to_refine]
-        else:
-            for q, i, c in zip(qs, to_refine, critiques):
-                budget = cfg.max_context - R - len(rollout.chat_ids(rtok, critique.refinement_prompt(q, "", c)))
-                prev, cut = critique.truncate_tokens(rtok, texts[i], max(budget, 0))
-                n_truncated += cut
-                refine_prompts.append(rollout.chat_ids(rtok, critique.refinement_prompt(q, prev, c)))
-            refinements = rollout.generate(refiner, rtok, refine_prompts, max_new_tokens=R, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, desc="refine", **gen_kw) if refine_prompts else []
-            if refiner is not policy:  # weak-to-strong: the refiner's text, in the policy's tokens
-                texts_w2s = rtok.batch_decode(refinements, skip_special_tokens=True)
-                refinements = [policy_tokens(tok, t, R) for t in texts_w2s]
-        refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) if refinements else []  # ([] -> [''])
-        refine_rewards = checker(refine_texts, [gts[i] for i in to_refine])
-        t["refine"] = time.perf_counter()
+            # ---- 4. Refine: the same (pre-update) policy (or --refiner_model) re-answers given the critique ----
+            refine_prompts, n_truncated = [], 0
+            if cfg.critique_type == "expert":  # the reference solution stands in for a refinement
+                refinements = [policy_tokens(tok, rows[i // n_sample]["solution"], R) for i in to_refine]
+            else:
+                for q, i, c in zip(qs, to_refine, critiques):
+                    budget = cfg.max_context - R - len(rollout.chat_ids(rtok, critique.refinement_prompt(q, "", c)))
+                    prev, cut = critique.truncate_tokens(rtok, texts[i], max(budget, 0))
+                    n_truncated += cut
+                    refine_prompts.append(rollout.chat_ids(rtok, critique.refinement_prompt(q, prev, c)))
+                refinements = rollout.generate(refiner, rtok, refine_prompts, max_new_tokens=R, temperature=cfg.temperature,
+                                               top_p=cfg.top_p, desc="refine", **gen_kw) if refine_prompts else []
+                if refiner is not policy:  # weak-to-strong: the refiner's text, in the policy's tokens
+                    texts_w2s = rtok.batch_decode(refinements, skip_special_tokens=True)
+                    refinements = [policy_tokens(tok, t, R) for t in texts_w2s]
+            refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) if refinements else []  # ([] -> [''])
+            refine_rewards = checker(refine_texts, [gts[i] for i in to_refine])
+            t["refine"] = time.perf_counter()
 
         # ---- 5. Select and mix: k refinements per group, trained as answers to the BARE question ----
         seq_prompt, seq_resp, seq_reward, seq_group, seq_off = [], [], [], [], []
@@ -769,7 +858,8 @@ def main(argv=None):
             filler = rollout.select(rollout.pack(prompt_ids[:1], [[tok.eos_token_id]], tok.pad_token_id), [0], device)
             sums, health = optimise(cfg, accelerator, policy_logprobs, policy, ref_model, optimizer, trainable, batch,
                                     filler, seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                    seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl)
+                                    seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl, sharded=sharded,
+                                    gathered=gathered)
             t["update"] = time.perf_counter()
 
             # ---- Logging: this process's sums, added up over all processes (times: the slowest's), then ratios ----

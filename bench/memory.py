@@ -9,6 +9,10 @@ bench/models.py). Bytes per parameter, as train.py trains:
   LoRA adapter  float32 weight + gradient + AdamW's two moments: 16 per adapter parameter
   full          bf16 weight + gradient + AdamW's two moments in bf16 (torch AdamW keeps the parameter's
                 dtype) + DDP's gradient bucket: 10 per parameter, on every process (DDP replicates)
+  full, split over N processes (configs/*.yaml):
+    ZeRO-2      whole bf16 weights 2 + (bf16 gradient 2 + float32 master weight 4 + AdamW 8) / N
+    ZeRO-3      (2 + 2 + 4 + 8) / N, plus the whole bf16 weights (2) while generating
+    FSDP2       (bf16 weight 2 + gradient 2 + AdamW in bf16 4) / N, plus the whole weights (2) while generating
 Estimates, not counts:
   update activations  one micro-batch of --micro_batch_tokens tokens, bf16, kept for backward: per token and
                 layer ~ 8 x hidden + 2 x kv + 4 x intermediate values (norms, q/k/v, attention output,
@@ -47,23 +51,30 @@ def shape_counts(name: str, lora_r: int) -> dict:
                 in_linears=in_linears, lora=lora)
 
 
-def table(names, lora_r: int, micro_batch_tokens: int, chunk_tokens: int) -> str:
+def table(names, lora_r: int, micro_batch_tokens: int, chunk_tokens: int, processes: int) -> str:
+    n = processes
     rows = ["| model | parameters | LoRA r=%d parameters | LoRA: fixed | QLoRA: fixed | full (DDP): fixed | "
-            "update activations, %d tokens (checkpointing off / on) | KV cache per 1k tokens |" % (lora_r, micro_batch_tokens),
-            "|---|---|---|---|---|---|---|---|"]
+            "full, ZeRO-2 x%d | full, ZeRO-3 x%d (generating) | full, FSDP x%d (generating) | "
+            "update activations, %d tokens (checkpointing off / on) | KV cache per 1k tokens |"
+            % (lora_r, n, n, n, micro_batch_tokens),
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         c = shape_counts(name, lora_r)
         adapter = 16 * c["lora"]
         lora_fixed = 2 * c["total"] + adapter
         qlora_fixed = (0.5 + 0.0159) * c["in_linears"] + 2 * (c["total"] - c["in_linears"]) + adapter
         full_fixed = 10 * c["total"]
+        zero2, zero3, fsdp = (2 + 14 / n) * c["total"], 16 / n * c["total"], 8 / n * c["total"]
+        whole = 2 * c["total"]
         per_token_layer = 2 * (8 * c["hidden"] + 2 * c["kv_dim"] + 4 * c["inter"])  # bytes, bf16
         head = min(chunk_tokens, micro_batch_tokens) * c["vocab"] * 4 * 3
         act_off = micro_batch_tokens * c["layers"] * per_token_layer + head
         act_on = micro_batch_tokens * (c["layers"] * 2 * c["hidden"] + per_token_layer) + head
         kv = 2 * c["layers"] * c["kv_dim"] * 2 * 1000
         rows.append(f"| {name} | {c['total'] / 1e9:.2f} B | {c['lora'] / 1e6:.1f} M | {lora_fixed / GB:.1f} GB | "
-                    f"{qlora_fixed / GB:.1f} GB | {full_fixed / GB:.1f} GB | {act_off / GB:.1f} / {act_on / GB:.2f} GB | "
+                    f"{qlora_fixed / GB:.1f} GB | {full_fixed / GB:.1f} GB | {zero2 / GB:.1f} GB | {zero3 / GB:.1f} "
+                    f"({(zero3 + whole) / GB:.1f}) GB | {fsdp / GB:.1f} ({(fsdp + whole) / GB:.1f}) GB | "
+                    f"{act_off / GB:.1f} / {act_on / GB:.2f} GB | "
                     f"{kv / GB:.3f} GB |")
     return "\n".join(rows)
 
@@ -74,5 +85,6 @@ if __name__ == "__main__":
     ap.add_argument("--lora_r", type=int, default=16)
     ap.add_argument("--micro_batch_tokens", type=int, default=1536, help="train.py's default")
     ap.add_argument("--logprob_chunk", type=int, default=128, help="train.py's default")
+    ap.add_argument("--processes", type=int, default=8, help="processes the split-weight engines split over")
     a = ap.parse_args()
-    print(table(a.models.split(","), a.lora_r, a.micro_batch_tokens, a.logprob_chunk))
+    print(table(a.models.split(","), a.lora_r, a.micro_batch_tokens, a.logprob_chunk, a.processes))

@@ -1,6 +1,8 @@
 """One update (train.optimise, steps 7-8) on a fixed hand-made rollout of 4 groups, by one process
 (`python tests/dist_update.py OUT CASES`) or by each process of `accelerate launch --num_processes N
-tests/dist_update.py OUT CASES` (each taking its whole groups, as train.py does). tests/test_processes.py checks that both give the same loss, gradients and weights.
+tests/dist_update.py OUT CASES` (each taking its whole groups, as train.py does; `--config_file configs/zero3.yaml`
+and the others split the weights too). tests/test_processes.py checks that all give the same loss, gradients
+(DDP: each process holds them whole) and weight update.
 
 Not a test file itself: the multi-process side has to be a script a launcher starts.
 """
@@ -51,8 +53,11 @@ def one_update(accelerator, aggregation="constant", baseline="none", updates=1, 
         if "lora_B" in name:
             p.data = torch.randn(p.shape, generator=g) * 0.1
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr)
-    model, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer, device_placement=[False, False])
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.SGD(trainable, lr=cfg.lr)  # the update is -lr x the clipped gradient: comparable
+    model, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer, device_placement=None
+                                           if train.deepspeed(accelerator) else [False, False])
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 has replaced them
 
     rank, world = accelerator.process_index, accelerator.num_processes
     per = B // world
@@ -67,20 +72,23 @@ def one_update(accelerator, aggregation="constant", baseline="none", updates=1, 
     batch = rollout.pack([r[1] for r in mine], [r[2] for r in mine], tok.pad_token_id) if mine else None
     prompt = rollout.question_ids(tok, "filler")
     filler = rollout.select(rollout.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0], accelerator.device)
+    sharded = accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
     sums, health = train.optimise(cfg, accelerator, model, policy, None, optimizer, trainable, batch, filler,
                                   seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                  seq_weights=seq_weights, n_groups=per, compute_kl=False)
+                                  seq_weights=seq_weights, n_groups=per, compute_kl=False, sharded=sharded,
+                                  gathered=lambda: train.whole_weights(accelerator, model))
     total = train.all_processes(accelerator, {"loss": sums["loss"], "entropy": sums["entropy"], **health})
+    after = accelerator.get_state_dict(model)  # whole on the main process, whatever the engine
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
     return {"loss": total["loss"], "entropy": total["entropy"], "on_tokens": total.get("on_tokens", 0.0),
             "grad_norm": sums["grad_norm"],
-            "grads": {n: p.grad.detach().clone() for n, p in named},
-            "params": {n: p.detach().clone() for n, p in named}}
+            "grads": {} if sharded else {n: p.grad.detach().clone() for n, p in named},
+            "update": {n: after[f"model.{n}"].float() - b for n, b in before.items()} if after else None}
 
 
 if __name__ == "__main__":
-    from accelerate import Accelerator
-    acc = Accelerator(cpu=True)
+    acc = train.start_processes(train.Config(dtype="float32"))[0]
     results = [one_update(acc, **case) for case in json.loads(sys.argv[2])]
     if acc.is_main_process:
         torch.save(results, sys.argv[1])
+    acc.end_training()  # destroys the process group: DeepSpeed's CPU processes may abort at exit otherwise

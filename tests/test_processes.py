@@ -18,41 +18,69 @@ from conftest import ROOT
 # process has nothing to train on (it only takes part), two mini-batches per rollout
 CASES = [{"aggregation": "constant"}, {"aggregation": "paper"}, {"baseline": "raft", "drop_groups": [2, 3]},
          {"updates": 2}]
+# the split-weight engines take one model per process: one case, with the paper's weights, two mini-batches, and
+# process 1 with nothing of its own in the second (group 3 dropped: it only takes part)
+SPLIT_CASE = [{"aggregation": "paper", "updates": 2, "drop_groups": [3]}]
 
 
-def launch_cmd(*args, n=2):
-    """`accelerate launch --num_processes n ...` on the CPU, as a user starts it (the launcher's torchrun path)."""
+def launch_cmd(*args, n=2, engine=None):
+    """`accelerate launch --num_processes n ...` on the CPU, as a user starts it (the launcher's torchrun path).
+    engine: zero2, zero3 or fsdp: `--config_file configs/<engine>.yaml`, as on GPUs (FSDP through
+    tests/fsdp_on_cpu.py, which switches accelerate's FSDP on for CPU tensors)."""
     with socket.socket() as s:  # a free port: a previous test's rendezvous may still hold the default one
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), *map(str, args)], env
+    how = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"] if not engine \
+        else ["--config_file", f"configs/{engine}.yaml"]
+    shim = ["tests/fsdp_on_cpu.py"] if engine == "fsdp" else []
+    return [sys.executable, "-m", "accelerate.commands.launch", *how, "--num_processes", str(n),
+            "--main_process_port", str(port), *shim, *map(str, args)], env
 
 
-def launch(*args, n=2, timeout=600):
-    cmd, env = launch_cmd(*args, n=n)
+def launch(*args, n=2, engine=None, timeout=600):
+    cmd, env = launch_cmd(*args, n=n, engine=engine)
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return p.stdout
 
 
+def one_process_updates(tmp_path, cases):
+    """The reference: tests/dist_update.py in one process of its own (accelerate's state is global)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    subprocess.run([sys.executable, "tests/dist_update.py", tmp_path / "one.pt", json.dumps(cases)], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    return torch.load(tmp_path / "one.pt")
+
+
+def assert_same_update(got, want, case):
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-9), case  # terms of both signs
+    assert got["entropy"] == pytest.approx(want["entropy"], rel=1e-5), case
+    assert got["on_tokens"] == want["on_tokens"] > 0, case
+    assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5), case
+    assert any(u.abs().sum() > 0 for n, u in want["update"].items() if "lora_A" in n)  # not a trivial zero
+    assert want["update"].keys() == got["update"].keys()
+    for name in want["update"]:  # SGD: the update is -lr x the clipped gradient
+        torch.testing.assert_close(got["update"][name], want["update"][name], rtol=1e-4, atol=1e-8)
+
+
 def test_two_processes_make_the_update_one_process_makes(tmp_path):
     launch("tests/dist_update.py", tmp_path / "two.pt", json.dumps(CASES))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))  # its own process: accelerate's state is global
-    subprocess.run([sys.executable, "tests/dist_update.py", tmp_path / "one.pt", json.dumps(CASES)], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
-    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    two, one = torch.load(tmp_path / "two.pt"), one_process_updates(tmp_path, CASES)
     for case, got, want in zip(CASES, two, one):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), case
-        assert got["entropy"] == pytest.approx(want["entropy"], rel=1e-5), case
-        assert got["on_tokens"] == want["on_tokens"] > 0, case
-        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5), case
-        assert any(g.abs().sum() > 0 for n, g in want["grads"].items() if "lora_A" in n)  # not a trivial zero
+        assert_same_update(got, want, case)
+        assert any(g.abs().sum() > 0 for n, g in want["grads"].items() if "lora_A" in n)
         for name in want["grads"]:
             torch.testing.assert_close(got["grads"][name], want["grads"][name], rtol=1e-4, atol=1e-6)
-            torch.testing.assert_close(got["params"][name], want["params"][name], rtol=1e-4, atol=1e-5)  # lr 1e-2
+
+
+@pytest.mark.parametrize("engine", ["zero2", "zero3", "fsdp"])
+def test_split_weights_make_the_update_one_process_makes(tmp_path, engine):
+    """DeepSpeed ZeRO-2/3 (its CPU accelerator, gloo) and FSDP2 with configs/*.yaml: the engine reduces, clips and
+    steps; the same loss, gradient norm and weight update as one process."""
+    launch("tests/dist_update.py", tmp_path / "two.pt", json.dumps(SPLIT_CASE), engine=engine)
+    for case, got, want in zip(SPLIT_CASE, torch.load(tmp_path / "two.pt"), one_process_updates(tmp_path, SPLIT_CASE)):
+        assert_same_update(got, want, case)
 
 
 def tiny_run(tiny_model_dir, tiny_data, out, *extra):
@@ -115,6 +143,50 @@ def test_two_processes_resume_where_they_stopped(tmp_path, tiny_model_dir, tiny_
     b = load_file(tmp_path / "resumed" / "checkpoint-2" / "adapter_model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name])
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_model_dir, tiny_data):
+    """Two DDP processes, 2 sampled steps: the reference runs of the split-weight engines (one per flag set)."""
+    done = {}
+
+    def run(*args):
+        if args not in done:
+            out = tmp_path_factory.mktemp("ddp")
+            launch("train.py", *tiny_run(tiny_model_dir, tiny_data, out, "--max_steps", "2", *args))
+            done[args] = out
+        return done[args]
+    return run
+
+
+@pytest.mark.parametrize("engine,args", [("zero3", ()), ("fsdp", ()), ("zero2", ("--no-lora", "--log_kl")),
+                                         ("fsdp", ("--no-lora", "--log_kl"))])
+def test_split_weights_run_save_and_resume_as_ddp(tmp_path, tiny_model_dir, tiny_data, ddp_run, engine, args):
+    """The whole loop with split weights: generation on gathered weights (evaluation, sampling, refinement), the
+    update, a checkpoint every process writes its shards of (and the main one the whole weights), and a resume
+    from those shards: step 1, then step 2 after --resume, equal DDP's two steps without a stop (temperature 1:
+    the RNGs must come back too). Full fine-tuning with the KL logged runs its reference forwards on gathered
+    weights."""
+    ref = ddp_run("--eval_limit", "2", *args)
+    out = tmp_path / engine
+    launch("train.py", *tiny_run(tiny_model_dir, tiny_data, out, "--max_steps", "1", "--eval_limit", "2", *args),
+           engine=engine)
+    log = launch("train.py", *tiny_run(tiny_model_dir, tiny_data, out, "--max_steps", "2", "--eval_limit", "2",
+                                       "--resume", *args), engine=engine)
+    assert log.count("resumed from") == 1 and (out / "checkpoint-1" / "sharded").is_dir()
+    want, got = lines(ref / "metrics.jsonl"), lines(out / "metrics.jsonl")
+    assert [m["step"] for m in got] == [0, 1, 1, 1, 2, 2]  # the resumed run evaluates its starting point again
+    got = got[:2] + got[4:]  # without the evaluations at step 1
+    for a, b in zip(want, got):
+        for key in a:
+            if not key.startswith("time/") and key != "tokens_per_s":
+                assert close(a[key], b[key]), (engine, a["step"], key, a[key], b[key])
+    assert want[1]["loss"] != 0 and ("--log_kl" not in args or want[2]["kl"] > 0)
+    weights = "model.safetensors" if "--no-lora" in args else "adapter_model.safetensors"
+    a, b = (load_file(d / "checkpoint-2" / weights) for d in (ref, out))
+    assert set(a) <= set(b)  # (gathered whole, a tied LM head is written out too)
+    for name in a:  # AdamW turns float noise in near-zero gradients into steps of up to lr x noise / eps: 1e-5
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4)  # (a wrong step moves by lr = 1e-2)
 
 
 def test_processes_must_split_the_prompts_evenly():
