@@ -173,7 +173,7 @@ class Config:
     merge_lora: bool = True
     """sample with the LoRA merged into the weights (the base weights are restored bit-exactly after)"""
     static_cache: Optional[bool] = None
-    """sample with a static KV cache, which transformers compiles on GPU (none = on with CUDA)"""
+    """sample with a static KV cache, which transformers compiles on GPU (none = on with CUDA, off with split weights)"""
 
     # ---- loop ----
     max_steps: int = 10
@@ -364,7 +364,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lora: bool, rank: int = 0,
                     world: int = 1, accelerator=None) -> int:
     from safetensors.torch import load_file
-    if (path / "sharded").exists():  # a DeepSpeed / FSDP run's: each process loads its shards of weights and optimizer
+    split = accelerator is not None and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    if (path / "sharded").exists() != split:
+        raise SystemExit(f"error: {path} was written {'with' if not split else 'without'} split weights "
+                         "(configs/*.yaml): resume it as it ran, or start a new run from its weights (--model)")
+    if split:  # a DeepSpeed / FSDP run's: each process loads its shards of weights and optimizer
         accelerator.load_state(path / "sharded")
     elif lora:
         from peft import set_peft_model_state_dict
@@ -458,15 +462,17 @@ def whole_weights(accelerator, engine):
         from torch.distributed.fsdp import FSDPModule
         units = [m for m in engine.modules() if isinstance(m, FSDPModule)]  # the root first
         engine._get_fsdp_state()._lazy_init()  # else the first layer to run a forward (here) would make itself root
-        for m in units:
+        for m in units:  # (the root's own forward never runs here: its setting stays torch's)
             m.unshard()
-            m.set_reshard_after_forward(False, recurse=False)  # a forward that finds its weights whole keeps them
+        for m in units[1:]:
+            m.set_reshard_after_forward(False, recurse=False)  # a layer that finds its weights whole keeps them
         try:
             yield
         finally:
+            for m in units[1:]:
+                m.set_reshard_after_forward(accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False)
             for m in units:
                 m.reshard()
-                m.set_reshard_after_forward(accelerator.state.fsdp_plugin.reshard_after_forward, recurse=False)
     else:
         yield
 
@@ -489,16 +495,22 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
 
     def fixed_logprobs(m) -> torch.Tensor:  # (N, Rb) log-probs of every response under a model not being trained
         out = torch.zeros(batch["response_ids"].shape)
-        with torch.no_grad(), gathered():  # split weights: gathered once, no collective in these forwards
+        with torch.no_grad():
             for idx in rollout.micro_batches(batch, list(range(N)), cfg.micro_batch_tokens):
                 lp = rollout.response_logprobs(m, rollout.select(batch, idx, device), entropy=False, **logp_kw)[0]
                 out[idx, : lp.shape[1]] = lp.cpu()
         return out
-    # later mini-batches see a changed policy: they need pi_old explicitly
-    old_logp = fixed_logprobs(policy) if cfg.updates_per_batch > 1 and N else None
-    if compute_kl and N:  # the reference: the base model under the adapter, or the frozen copy
-        with policy.disable_adapter() if cfg.lora else contextlib.nullcontext():
-            ref_logp = fixed_logprobs(policy if cfg.lora else ref_model)
+    old_logp = ref_logp = None
+    # split weights: these forwards run on the policy gathered once (a collective: every process, even one with
+    # nothing to train, takes part), never through the engine's per-layer gathering
+    with gathered() if cfg.updates_per_batch > 1 or (compute_kl and cfg.lora) else contextlib.nullcontext():
+        if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: they need pi_old explicitly
+            old_logp = fixed_logprobs(policy)
+        if compute_kl and cfg.lora and N:  # the KL reference: the base model under the adapter
+            with policy.disable_adapter():
+                ref_logp = fixed_logprobs(policy)
+    if compute_kl and not cfg.lora and N:  # or the frozen whole copy
+        ref_logp = fixed_logprobs(ref_model)
     # mini-batch u takes this process's groups u, u + U, ...: with each process's groups consecutive in the step,
     # a mini-batch holds the same groups whatever the number of processes
     U = cfg.updates_per_batch
@@ -608,6 +620,8 @@ def main(argv=None):
     log = print if is_main else (lambda *a, **kw: None)
     # Sharded engines (configs/zero2.yaml, zero3.yaml, fsdp.yaml): every process calls the checkpoint writer
     sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    if sharded and cfg.load_in_4bit:
+        raise SystemExit("error: --load_in_4bit runs under DDP (accelerate launch --multi_gpu), not with split weights")
     validate(cfg, world)
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not (cfg.resume or cfg.overwrite):
@@ -677,8 +691,8 @@ def main(argv=None):
         seed_all(cfg.seed + rank)
     gathered = lambda: whole_weights(accelerator, policy_logprobs)  # noqa: E731  (generation under split weights)
 
-    gen_kw = dict(batch_size=cfg.gen_batch_size, merge_lora=cfg.merge_lora,
-                  static_cache=device.type == "cuda" if cfg.static_cache is None else cfg.static_cache)
+    gen_kw = dict(batch_size=cfg.gen_batch_size, merge_lora=cfg.merge_lora,  # (split weights: new memory each time)
+                  static_cache=device.type == "cuda" and not sharded if cfg.static_cache is None else cfg.static_cache)
     refiner, rtok = policy, tok
     if cfg.refiner_model:  # weak-to-strong: its text is re-tokenized for the policy below
         refiner, rtok = rollout.load_model_and_tokenizer(cfg.refiner_model, dtype=cfg.dtype, device=device,

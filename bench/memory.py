@@ -10,8 +10,9 @@ bench/models.py). Bytes per parameter, as train.py trains:
   full          bf16 weight + gradient + AdamW's two moments in bf16 (torch AdamW keeps the parameter's
                 dtype) + DDP's gradient bucket: 10 per parameter, on every process (DDP replicates)
   full, split over N processes (configs/*.yaml):
-    ZeRO-2      whole bf16 weights 2 + (bf16 gradient 2 + float32 master weight 4 + AdamW 8) / N
-    ZeRO-3      (2 + 2 + 4 + 8) / N, plus the whole bf16 weights (2) while generating
+    ZeRO-2      whole bf16 weights 2 + (bf16 gradient 2 + float32 master weight 4 and gradient 4 + AdamW 8) / N
+    ZeRO-3      (2 + 2 + 4 + 4 + 8) / N, plus the whole bf16 weights (2) while generating
+                (DeepSpeed's communication buckets, a few hundred MB, are left out)
     FSDP2       (bf16 weight 2 + gradient 2 + AdamW in bf16 4) / N, plus the whole weights (2) while generating
 Estimates, not counts:
   update activations  one micro-batch of --micro_batch_tokens tokens, bf16, kept for backward: per token and
@@ -64,7 +65,7 @@ def table(names, lora_r: int, micro_batch_tokens: int, chunk_tokens: int, proces
         lora_fixed = 2 * c["total"] + adapter
         qlora_fixed = (0.5 + 0.0159) * c["in_linears"] + 2 * (c["total"] - c["in_linears"]) + adapter
         full_fixed = 10 * c["total"]
-        zero2, zero3, fsdp = (2 + 14 / n) * c["total"], 16 / n * c["total"], 8 / n * c["total"]
+        zero2, zero3, fsdp = (2 + 18 / n) * c["total"], 20 / n * c["total"], 8 / n * c["total"]
         whole = 2 * c["total"]
         per_token_layer = 2 * (8 * c["hidden"] + 2 * c["kv_dim"] + 4 * c["inter"])  # bytes, bf16
         head = min(chunk_tokens, micro_batch_tokens) * c["vocab"] * 4 * 3

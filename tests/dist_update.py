@@ -39,13 +39,13 @@ def hand_made_rollout(tok, drop_groups=()):
     return rows
 
 
-def one_update(accelerator, aggregation="constant", baseline="none", updates=1, drop_groups=()):
+def one_update(accelerator, aggregation="constant", baseline="none", updates=1, drop_groups=(), kl_coef=0.0):
     """This process's share of one update; returns the loss summed over processes, the reduced gradients and
     the weights after the optimizer step."""
     from peft import LoraConfig, get_peft_model
     tok = make_tokenizer()
     cfg = train.Config(aggregation=aggregation, baseline=baseline, updates_per_batch=updates, max_new_tokens=12,
-                       micro_batch_tokens=48, lr=1e-2, dtype="float32")
+                       micro_batch_tokens=48, lr=1e-2, dtype="float32", kl_coef=kl_coef)
     policy = get_peft_model(make_model(tok, init_std=0.5), LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     g = torch.Generator().manual_seed(1)
@@ -75,12 +75,13 @@ def one_update(accelerator, aggregation="constant", baseline="none", updates=1, 
     sharded = accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
     sums, health = train.optimise(cfg, accelerator, model, policy, None, optimizer, trainable, batch, filler,
                                   seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                  seq_weights=seq_weights, n_groups=per, compute_kl=False, sharded=sharded,
+                                  seq_weights=seq_weights, n_groups=per, compute_kl=kl_coef > 0, sharded=sharded,
                                   gathered=lambda: train.whole_weights(accelerator, model))
-    total = train.all_processes(accelerator, {"loss": sums["loss"], "entropy": sums["entropy"], **health})
+    total = train.all_processes(accelerator, {"loss": sums["loss"], "entropy": sums["entropy"], "kl": sums["kl"],
+                                              **health})
     after = accelerator.get_state_dict(model)  # whole on the main process, whatever the engine
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
-    return {"loss": total["loss"], "entropy": total["entropy"], "on_tokens": total.get("on_tokens", 0.0),
+    return {"loss": total["loss"], "entropy": total["entropy"], "kl": total["kl"], "on_tokens": total.get("on_tokens", 0.0),
             "grad_norm": sums["grad_norm"],
             "grads": {} if sharded else {n: p.grad.detach().clone() for n, p in named},
             "update": {n: after[f"model.{n}"].float() - b for n, b in before.items()} if after else None}
