@@ -578,6 +578,34 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+def step_metrics(tot: Counter, sums: dict, cfg: Config, compute_kl: bool) -> dict:
+    """A step's metrics.jsonl values from its sums over all processes (`tot`; times: the slowest process's) and
+    optimise()'s grad_norm and skipped steps: ratios of sums, so they do not depend on how groups were split."""
+    ratio = lambda a, b: tot[a] / tot[b] if tot[b] else float("nan")  # noqa: E731
+    return {
+        "train/reward": ratio("reward", "samples"),
+        "train/zero_adv_frac_before": ratio("zero_adv_before", "groups"),
+        "train/zero_adv_frac_after": ratio("zero_adv_after", "groups"),
+        "refine/reward": ratio("refine_reward", "refined"), "refine/fix_rate": ratio("fixed", "wrong_refined"),
+        "refine/count": int(tot["refined"]),
+        **{k_: int(tot[k_]) for k_ in ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts",
+                                       "critic/calls", "critic/tokens_in", "critic/tokens_out")},
+        **{f"offpolicy/{name}": ratio(key, "off_tokens") for name, key in
+           (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
+        "train/entropy_initial": tot["on_entropy"] / max(tot["on_tokens"], 1),
+        "train/clip_frac": tot["on_clipped"] / max(tot["on_tokens"], 1),
+        "train/entropy": tot["entropy"] / cfg.updates_per_batch,
+        "train/response_len": ratio("response_tokens", "samples"),
+        "loss": tot["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
+        "kl": tot["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
+        **({"baseline/examples": int(tot["examples"]), "baseline/mean_len": ratio("example_tokens", "examples")
+            if tot["examples"] else 0.0} if cfg.baseline != "none" else {}),
+        **{k: v for k, v in tot.items() if k.startswith("time/")},
+        "tokens_per_s": (tot["response_tokens"] + tot["refine_tokens"]) /
+        max(tot["time/sample"] + tot["time/refine"], 1e-9),
+    }
+
+
 def deepspeed(accelerator) -> bool:
     return accelerator.distributed_type.value == "DEEPSPEED"
 
@@ -891,30 +919,7 @@ def main(argv=None):
                 **{f"time/{k_}": t[k_] - t[p_] for p_, k_ in zip(["start", "sample", "verify", "critique", "refine"],
                                                                  ["sample", "verify", "critique", "refine", "update"])},
             }))  # a Counter: no health sums read as 0
-            times = {k_: v for k_, v in tot.items() if k_.startswith("time/")}
-            ratio = lambda a, b: tot[a] / tot[b] if tot[b] else float("nan")  # noqa: E731
-            m.update({
-                "train/reward": ratio("reward", "samples"),
-                "train/zero_adv_frac_before": ratio("zero_adv_before", "groups"),
-                "train/zero_adv_frac_after": ratio("zero_adv_after", "groups"),
-                "refine/reward": ratio("refine_reward", "refined"), "refine/fix_rate": ratio("fixed", "wrong_refined"),
-                "refine/count": int(tot["refined"]),
-                **{k_: int(tot[k_]) for k_ in ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts",
-                                               "critic/calls", "critic/tokens_in", "critic/tokens_out")},
-                **{f"offpolicy/{name}": ratio(key, "off_tokens") for name, key in
-                   (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
-                "train/entropy_initial": tot["on_entropy"] / max(tot["on_tokens"], 1),
-                "train/clip_frac": tot["on_clipped"] / max(tot["on_tokens"], 1),
-                "train/entropy": tot["entropy"] / cfg.updates_per_batch,
-                "train/response_len": ratio("response_tokens", "samples"),
-                "loss": tot["loss"] / cfg.updates_per_batch, "grad_norm": sums["grad_norm"],
-                "kl": tot["kl"] / cfg.updates_per_batch if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
-                **({"baseline/examples": int(tot["examples"]), "baseline/mean_len": ratio("example_tokens", "examples")
-                    if tot["examples"] else 0.0} if cfg.baseline != "none" else {}),
-                **times,
-                "tokens_per_s": (tot["response_tokens"] + tot["refine_tokens"]) /
-                max(tot["time/sample"] + tot["time/refine"], 1e-9),
-            })
+            m.update(step_metrics(tot, sums, cfg, compute_kl))
             if is_main:
                 write_jsonl(out / "metrics.jsonl", [m])
             accelerator.log(m, step=step + 1)
@@ -926,7 +931,7 @@ def main(argv=None):
                 f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
                 f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | "
                 f"ent {m['train/entropy']:.3f} | len {m['train/response_len']:.0f} | "
-                f"{sum(times.values()):.1f}s", flush=True)
+                f"{sum(v for k_, v in m.items() if k_.startswith('time/')):.1f}s", flush=True)
             if cfg.samples_every and (step + 1) % cfg.samples_every == 0:
                 records = [{"step": step + 1, "question": rows[i // n_sample]["question"], "response": texts[i],
                             "reward": rewards[i]} for i in range(len(texts))]
