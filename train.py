@@ -278,11 +278,14 @@ def set_rng_state(state: dict, select_rng: random.Random):
 def save_checkpoint(path: Path, model, optimizer, step: int, rngs: list[dict], accelerator=None, engine=None):
     """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint. rngs: every
     process's RNG state in rank order; the main process writes it all, so it never waits for another one.
-    engine: the prepared model when the weights or the optimizer state are split over processes (DeepSpeed ZeRO,
-    FSDP); then every process calls this: each writes its shards under `sharded/` through accelerate's
-    save_state, and the main process the gathered weights, which evaluate.py reads."""
+    Every process calls it; with whole weights on each only the main one writes. engine: the prepared model when
+    the weights or the optimizer state are split over processes (DeepSpeed ZeRO, FSDP): then each process writes
+    its shards under `sharded/` through accelerate's save_state, and the main one the gathered weights, which
+    evaluate.py reads."""
     tmp = path.with_name(path.name + ".tmp")
-    is_main = engine is None or accelerator.is_main_process
+    is_main = accelerator is None or accelerator.is_main_process
+    if engine is None and not is_main:
+        return
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
     state_dict = None
@@ -309,9 +312,9 @@ class GracefulStop:
     Inside `with stop.deferred():` (the update, a checkpoint write) the signal waits for the block to
     end, so a checkpoint never holds a half-applied step.
     Several processes (any_process, barrier given): a signal only marks the stop; at `step_end()`, which every
-    process calls, they agree whether any was signalled, then the main one (save_last; None elsewhere; all of them
-    when the weights are split) writes and all exit together: no process is left waiting in a collective for one
-    that left. announce: this process prints what was saved."""
+    process calls, they agree whether any was signalled, then all call save_last (save_checkpoint decides which
+    write) and exit together: no process is left waiting in a collective for one that left. announce: this
+    process prints what was saved."""
 
     def __init__(self, save_last, any_process=None, barrier=None, announce=True):
         self.save_last, self.any_process, self.barrier, self.announce = save_last, any_process, barrier, announce
@@ -364,7 +367,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, model, optimizer, select_rng: random.Random, lora: bool, rank: int = 0,
                     world: int = 1, accelerator=None) -> int:
     from safetensors.torch import load_file
-    split = accelerator is not None and accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    split = accelerator is not None and split_weights(accelerator)
     if (path / "sharded").exists() != split:
         raise SystemExit(f"error: {path} was written {'with' if not split else 'without'} split weights "
                          "(configs/*.yaml): resume it as it ran, or start a new run from its weights (--model)")
@@ -479,19 +482,19 @@ def whole_weights(accelerator, engine):
 
 def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trainable, batch: dict | None,
              filler: dict, *, seq_group: list[int], advantages, off_policy, seq_weights, n_groups: int,
-             compute_kl: bool, sharded: bool = False, gathered=contextlib.nullcontext) -> tuple[dict, Counter]:
+             compute_kl: bool) -> tuple[dict, Counter]:
     """Steps 7 and 8 on this process's n_groups groups: updates_per_batch optimizer steps, each over an equal
     share of every process's groups. The loss constants (groups or sequences x R, or tokens) count over all
     processes, and each process's loss is multiplied by `world` because DDP averages gradients: `world`
     processes make the update one process makes from the same groups. Every process runs as many
     forward/backward passes as the busiest one (zero-weighted passes on `filler` make up the difference):
     DDP communicates inside them. model: the prepared PolicyLogprobs; policy: the bare model (old log-probs,
-    the KL reference). sharded: weights or optimizer state split over processes (DeepSpeed, FSDP); gathered: a
-    context in which `policy` holds its whole weights (whole_weights).
+    the KL reference).
     Returns this process's loss-term sums (and grad_norm, skipped: the same on every process) and its
     off-policy health sums (loss.off_policy_health)."""
     N, R, world, device = len(seq_group), cfg.max_new_tokens, accelerator.num_processes, accelerator.device
     logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
+    sharded = split_weights(accelerator)
 
     def fixed_logprobs(m) -> torch.Tensor:  # (N, Rb) log-probs of every response under a model not being trained
         out = torch.zeros(batch["response_ids"].shape)
@@ -503,7 +506,8 @@ def optimise(cfg: Config, accelerator, model, policy, ref_model, optimizer, trai
     old_logp = ref_logp = None
     # split weights: these forwards run on the policy gathered once (a collective: every process, even one with
     # nothing to train, takes part), never through the engine's per-layer gathering
-    with gathered() if cfg.updates_per_batch > 1 or (compute_kl and cfg.lora) else contextlib.nullcontext():
+    with whole_weights(accelerator, model) if cfg.updates_per_batch > 1 or (compute_kl and cfg.lora) else \
+            contextlib.nullcontext():
         if cfg.updates_per_batch > 1 and N:  # later mini-batches see a changed policy: they need pi_old explicitly
             old_logp = fixed_logprobs(policy)
         if compute_kl and cfg.lora and N:  # the KL reference: the base model under the adapter
@@ -610,6 +614,11 @@ def deepspeed(accelerator) -> bool:
     return accelerator.distributed_type.value == "DEEPSPEED"
 
 
+def split_weights(accelerator) -> bool:
+    """Weights or optimizer state split over the processes (configs/zero2.yaml, zero3.yaml, fsdp.yaml)."""
+    return accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+
 def start_processes(cfg: Config) -> tuple[Accelerator, Config]:
     """This process's Accelerator. `python train.py` is one process; `accelerate launch --num_processes N train.py`
     (or torchrun) starts N, each taking whole groups of every step, the main one alone writing files; with
@@ -646,8 +655,7 @@ def main(argv=None):
     accelerator, cfg = start_processes(cfg)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     log = print if is_main else (lambda *a, **kw: None)
-    # Sharded engines (configs/zero2.yaml, zero3.yaml, fsdp.yaml): every process calls the checkpoint writer
-    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    sharded = split_weights(accelerator)
     if sharded and cfg.load_in_4bit:
         raise SystemExit("error: --load_in_4bit runs under DDP (accelerate launch --multi_gpu), not with split weights")
     validate(cfg, world)
@@ -753,15 +761,15 @@ def main(argv=None):
     accuracy = {}
     # the state a Ctrl-C checkpoint holds: the last finished step, every process's RNG after it
     finished = {"step": start, "rngs": gather_object([rng_state(select_rng)])}
-    engine = (accelerator, policy_logprobs) if sharded else ()  # split weights: every process saves its shards
+    engine = policy_logprobs if sharded else None  # split weights: every process saves its shards
 
     def save_last():
         if finished["step"] == start:
             return None  # nothing trained since the start or the resumed checkpoint
         path = out / f"checkpoint-{finished['step']}"
-        save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"], *engine)
+        save_checkpoint(path, policy, optimizer, finished["step"], finished["rngs"], accelerator, engine)
         return path
-    stop = GracefulStop(save_last if is_main or sharded else None, announce=is_main, **({} if world == 1 else dict(
+    stop = GracefulStop(save_last, announce=is_main, **({} if world == 1 else dict(
         any_process=lambda flag: any(gather_object([flag])), barrier=accelerator.wait_for_everyone)))
     log(f"policy {cfg.model}: {sum(getattr(p, 'ds_numel', p.numel()) for p in trainable):,} trainable parameters; {len(train_rows)} train "
         f"questions; held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
@@ -788,10 +796,10 @@ def main(argv=None):
                 write_jsonl(out / f"eval-{step}.jsonl", records, mode="w")
                 write_jsonl(out / "metrics.jsonl", [m_eval])
             accelerator.log(m_eval, step=step)
-        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)) and (
-                is_main or sharded):
+        if step > start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
             with stop.deferred():
-                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"], *engine)
+                save_checkpoint(out / f"checkpoint-{step}", policy, optimizer, step, finished["rngs"], accelerator,
+                                engine)
             log(f"saved {out / f'checkpoint-{step}'} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
                 f"--adapter {out / f'checkpoint-{step}'} --max_new_tokens {R})" if cfg.lora else
                 f"saved {out / f'checkpoint-{step}'} (weights, optimizer, RNG)", flush=True)
@@ -900,8 +908,7 @@ def main(argv=None):
             filler = rollout.select(rollout.pack(prompt_ids[:1], [[tok.eos_token_id]], tok.pad_token_id), [0], device)
             sums, health = optimise(cfg, accelerator, policy_logprobs, policy, ref_model, optimizer, trainable, batch,
                                     filler, seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                    seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl, sharded=sharded,
-                                    gathered=gathered)
+                                    seq_weights=seq_weights, n_groups=B, compute_kl=compute_kl)
             t["update"] = time.perf_counter()
 
             # ---- Logging: this process's sums, added up over all processes (times: the slowest's), then ratios ----

@@ -72,11 +72,10 @@ def one_update(accelerator, aggregation="constant", baseline="none", updates=1, 
     batch = rollout.pack([r[1] for r in mine], [r[2] for r in mine], tok.pad_token_id) if mine else None
     prompt = rollout.question_ids(tok, "filler")
     filler = rollout.select(rollout.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0], accelerator.device)
-    sharded = accelerator.distributed_type.value in ("DEEPSPEED", "FSDP")
+    sharded = train.split_weights(accelerator)
     sums, health = train.optimise(cfg, accelerator, model, policy, None, optimizer, trainable, batch, filler,
                                   seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                  seq_weights=seq_weights, n_groups=per, compute_kl=kl_coef > 0, sharded=sharded,
-                                  gathered=lambda: train.whole_weights(accelerator, model))
+                                  seq_weights=seq_weights, n_groups=per, compute_kl=kl_coef > 0)
     total = train.all_processes(accelerator, {"loss": sums["loss"], "entropy": sums["entropy"], "kl": sums["kl"],
                                               **health})
     after = accelerator.get_state_dict(model)  # whole on the main process, whatever the engine
