@@ -1,4 +1,4 @@
-"""Critiques (step 3 of the method), the refinement prompt (step 4), and refinement selection (step 5).
+"""Critiques (step 3 of the method), the refinement prompt (step 4), refinement selection and mixing (step 5).
 
 Critique types:
     indicative     "The generated solution is correct." / "... is incorrect."
@@ -181,3 +181,23 @@ def select_refinements(rewards: list[float], k: int, mode: str, rng: random.Rand
     else:
         assert mode == "first_correct", mode
     return (correct + rest)[:k]
+
+
+def mix_groups(n_groups: int, group_size: int, refined: list[int], refine_rewards: list[float], k: int,
+               selection: str, group_mode: str, rng: random.Random) -> list[tuple[int, int, bool]]:
+    """Step 5: which sequences each group trains on. Initial response i belongs to group i // group_size;
+    refinement j refines initial response refined[j]. Per group, select_refinements picks up to k of its
+    refinements; append mode keeps every initial response and adds them (the paper: 7 + 1), replace mode
+    drops the group's first len(chosen) initial responses for them (the release: 8 with slot 0 overwritten).
+
+    Returns (group, index, off_policy) per training sequence, group by group: index is into the initial
+    responses when off_policy is False, into the refinements when it is True."""
+    out = []
+    for g in range(n_groups):
+        members = list(range(g * group_size, (g + 1) * group_size))
+        candidates = [j for j, i in enumerate(refined) if i in members]  # this group's refinements
+        chosen = [candidates[c] for c in select_refinements([refine_rewards[j] for j in candidates], k,
+                                                            selection, rng)] if candidates else []
+        keep = members[len(chosen):] if group_mode == "replace" else members
+        out += [(g, i, False) for i in keep] + [(g, j, True) for j in chosen]
+    return out

@@ -1,4 +1,4 @@
-"""One update (train.optimise, steps 7-8) on a fixed hand-made rollout of 4 groups, by one process
+"""One update (train.update, steps 7-8) on a fixed hand-made rollout of 4 groups, by one process
 (`python tests/dist_update.py OUT CASES`) or by each process of `accelerate launch --num_processes N
 tests/dist_update.py OUT CASES` (each taking its whole groups, as train.py does; `--config_file configs/zero3.yaml`
 and the others split the weights too). tests/test_processes.py checks that all give the same loss, gradients
@@ -8,7 +8,6 @@ Not a test file itself: the multi-process side has to be a script a launcher sta
 """
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -39,9 +38,11 @@ def hand_made_rollout(tok, drop_groups=()):
     return rows
 
 
-def one_update(accelerator, aggregation="constant", baseline="none", updates=1, drop_groups=(), kl_coef=0.0):
+def one_update(procs, aggregation="constant", baseline="none", updates=1, drop_groups=(), kl_coef=0.0):
     """This process's share of one update; returns the loss summed over processes, the reduced gradients and
     the weights after the optimizer step."""
+    from types import SimpleNamespace
+
     from peft import LoraConfig, get_peft_model
     tok = make_tokenizer()
     cfg = train.Config(aggregation=aggregation, baseline=baseline, updates_per_batch=updates, max_new_tokens=12,
@@ -52,43 +53,37 @@ def one_update(accelerator, aggregation="constant", baseline="none", updates=1, 
     for name, p in policy.named_parameters():  # LoRA B starts at zero, which leaves A without a gradient
         if "lora_B" in name:
             p.data = torch.randn(p.shape, generator=g) * 0.1
-    trainable = [p for p in policy.parameters() if p.requires_grad]
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.SGD(trainable, lr=cfg.lr)  # the update is -lr x the clipped gradient: comparable
-    model, optimizer = accelerator.prepare(rollout.PolicyLogprobs(policy), optimizer, device_placement=None
-                                           if train.deepspeed(accelerator) else [False, False])
-    trainable = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 has replaced them
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    per = B // world
-    mine = [r for r in hand_made_rollout(tok, drop_groups) if rank * per <= r[0] < (rank + 1) * per]
-    seq_group = [r[0] - rank * per for r in mine]
-    off_policy = torch.tensor([r[4] for r in mine], dtype=torch.bool)
-    advantages = L.group_advantages(torch.tensor([r[3] for r in mine]), torch.tensor(seq_group)) if mine \
-        else torch.zeros(0)
-    counts = Counter(zip(seq_group, off_policy.tolist()))
-    seq_weights = torch.tensor([1.0 / counts[(g_, o)] for g_, o in zip(seq_group, off_policy.tolist())]) \
-        if aggregation == "paper" else torch.ones(len(mine))
-    batch = rollout.pack([r[1] for r in mine], [r[2] for r in mine], tok.pad_token_id) if mine else None
+    # SGD: the update is -lr x the clipped gradient, comparable
+    optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     prompt = rollout.question_ids(tok, "filler")
-    filler = rollout.select(rollout.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0], accelerator.device)
-    sharded = train.split_weights(accelerator)
-    sums, health = train.optimise(cfg, accelerator, model, policy, None, optimizer, trainable, batch, filler,
-                                  seq_group=seq_group, advantages=advantages, off_policy=off_policy,
-                                  seq_weights=seq_weights, n_groups=per, compute_kl=kl_coef > 0)
-    total = train.all_processes(accelerator, {"loss": sums["loss"], "entropy": sums["entropy"], "kl": sums["kl"],
-                                              **health})
-    after = accelerator.get_state_dict(model)  # whole on the main process, whatever the engine
+    filler = rollout.select(rollout.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0])
+    model, optimizer = procs.prepare(rollout.PolicyLogprobs(policy), optimizer, filler)
+
+    per = B // procs.world
+    mine = [r for r in hand_made_rollout(tok, drop_groups) if procs.rank * per <= r[0] < (procs.rank + 1) * per]
+    seqs = [train.Sequence(prompt, resp, reward, grp - procs.rank * per, off)
+            for grp, prompt, resp, reward, off in mine]
+    if seqs:
+        advantages = L.group_advantages(torch.tensor([s.reward for s in seqs]), torch.tensor([s.group for s in seqs]))
+        for s, a, w in zip(seqs, advantages.tolist(), train.sequence_weights(seqs, aggregation, cfg.max_new_tokens)):
+            s.advantage, s.weight = a, w
+    run = SimpleNamespace(tok=tok, policy=policy, model=model, optimizer=optimizer, ref_model=None,
+                          compute_kl=kl_coef > 0)
+    sums, health = train.update(cfg, procs, run, seqs, per)
+    total = procs.sum({"loss": sums["loss"], "entropy": sums["entropy"], "kl": sums["kl"], **health})
+    after = procs.accelerator.get_state_dict(model)  # whole on the main process, whatever the engine
     named = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
     return {"loss": total["loss"], "entropy": total["entropy"], "kl": total["kl"], "on_tokens": total.get("on_tokens", 0.0),
             "grad_norm": sums["grad_norm"],
-            "grads": {} if sharded else {n: p.grad.detach().clone() for n, p in named},
+            "grads": {} if procs.split else {n: p.grad.detach().clone() for n, p in named},
             "update": {n: after[f"model.{n}"].float() - b for n, b in before.items()} if after else None}
 
 
 if __name__ == "__main__":
-    acc = train.start_processes(train.Config(dtype="float32"))[0]
-    results = [one_update(acc, **case) for case in json.loads(sys.argv[2])]
-    if acc.is_main_process:
+    from processes import Processes
+    procs = Processes(output_dir=str(Path(sys.argv[1]).parent))
+    results = [one_update(procs, **case) for case in json.loads(sys.argv[2])]
+    if procs.is_main:
         torch.save(results, sys.argv[1])
-    acc.end_training()  # destroys the process group: DeepSpeed's CPU processes may abort at exit otherwise
+    procs.end()  # destroys the process group: DeepSpeed's CPU processes may abort at exit otherwise

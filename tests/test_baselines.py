@@ -26,11 +26,13 @@ def test_supervised_targets_pick_exactly_what_each_baseline_trains(tok):
               to_refine=to_refine, refinements=refinements, refine_rewards=refine_rewards, R=8, critique_R=8)
     crits = ["... Conclusion: wrong", "looks fine", "Conclusion: wrong."]
     ids = lambda text, R=8: train.policy_tokens(tok, text, R)
-    assert train.supervised_targets("sft", critiques=crits, **kw) == [(0, [100], ids("s0")), (1, [101], ids("s1"))]
+    def targets(baseline):  # (group, prompt, response) of each Sequence record
+        return [(s.group, s.prompt, s.response) for s in train.supervised_targets(baseline, critiques=crits, **kw)]
+    assert targets("sft") == [(0, [100], ids("s0")), (1, [101], ids("s1"))]
     assert ids("s0")[-1] == tok.eos_token_id
-    assert train.supervised_targets("raft", critiques=crits, **kw) == [(0, [100], [2])]        # the one correct sample
-    assert train.supervised_targets("refine_ft", critiques=crits, **kw) == [(0, [100], [7]), (1, [101], [9])]
-    out = train.supervised_targets("critique_ft", critiques=crits, **kw)  # the critic found the error in 0 and 2
+    assert targets("raft") == [(0, [100], [2])]                              # the one correct sample
+    assert targets("refine_ft") == [(0, [100], [7]), (1, [101], [9])]
+    out = targets("critique_ft")  # the critic found the error in 0 and 2
     assert [(g, resp) for g, _, resp in out] == [(0, ids(crits[0])), (1, ids(crits[2]))]
     msgs = critique.critic_messages("q0", tok.decode([1], skip_special_tokens=True), "s0")
     assert out[0][1] == rollout.chat_ids(tok, msgs[-1]["content"], system=msgs[0]["content"])  # the critique prompt

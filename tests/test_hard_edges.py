@@ -176,22 +176,25 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tin
     assert not (out / "checkpoint-2").exists() and train.latest_checkpoint(out).name == "checkpoint-1"
 
 
-def test_a_signal_inside_a_deferred_block_waits_for_its_end():
+def test_a_signal_inside_a_deferred_block_waits_for_its_end(tmp_path):
+    from processes import Processes
     saved, done = [], []
-    stop = train.GracefulStop(lambda: saved.append("ckpt") or "ckpt")
+    procs = Processes(output_dir=str(tmp_path))
+    procs.catch_stop(lambda: saved.append("ckpt") or "ckpt")
     try:
         with pytest.raises(SystemExit) as e:
-            with stop.deferred():
+            with procs.deferred():
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.05)  # the handler has run by now: it must only have noted the signal
                 done.append("update finished")
         assert e.value.code == 130 and done == ["update finished"] and saved == ["ckpt"]
         # outside a deferred block the signal stops at once
-        stop = train.GracefulStop(lambda: None)
+        procs.stop_pending = False
+        procs.catch_stop(lambda: None)
         with pytest.raises(SystemExit):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
             done.append("never")
         assert done == ["update finished"]
     finally:
-        stop.restore()
+        procs.release()

@@ -149,7 +149,7 @@ def test_help_lists_every_field_and_unknown_flags_fail(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--gamma", "0"], "--gamma must be > 0"),
+    (["--gamma", "0"], "--gamma 0.0 must be > 0"),
     (["--n_refine", "8"], "--n_refine 8 must be"),
     (["--critique_type", "cot"], "needs --critic_model"),
 ])
