@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import deque
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------
@@ -87,16 +90,42 @@ def math_equal(pred: str, gt: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Checker: persistent worker processes, each killed and replaced if it overruns the timeout
 # ---------------------------------------------------------------------------------------------
-def _worker(conn):
-    # A forked worker inherits the trainer's Python signal handlers: on a Ctrl-C it would run train.py's
-    # "save a checkpoint and exit" with the state it was forked with, beside the real one. Its parent ends it.
+def _die_with(parent: int):
+    """End this process as soon as `parent` dies, by any signal, SIGKILL included. Linux sends it
+    SIGKILL then (PR_SET_PDEATHSIG: when the parent's thread that started it ends, so start workers
+    from a thread that outlives the checker, as train.py's main thread does); elsewhere, and as a
+    fallback, a thread checks every second whether it has been handed to another parent."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no prctl
+        pass
+    # the parent may have died before prctl took effect
+    if os.getppid() != parent:
+        os._exit(0)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker(fd: int, parent: int):
+    """A checker worker: a fresh interpreter (AnswerChecker._spawn) that answers (prediction, ground
+    truth) pairs on the connection at file descriptor `fd` until it closes or `parent` dies."""
+    # Ctrl-C reaches the whole process group; the trainer handles it and then ends its workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with(parent)
+    conn = Connection(fd)
     import math_verify  # noqa: F401  -- imported once per worker, not per check
     math_equal("1", "1")  # sympy's LaTeX parser loads on first use: do it before the clock of any check runs
     conn.send("ready")
     while True:
-        item = conn.recv()
+        try:
+            item = conn.recv()
+        except EOFError:  # the parent closed its end, or died
+            return
         if item is None:
             return
         try:
@@ -108,35 +137,42 @@ def _worker(conn):
 class AnswerChecker:
     """`checker(responses, ground_truths) -> list[float]` of 0/1 rewards.
 
-    `num_timeouts` counts checks killed at `timeout` seconds (scored 0). Workers are forked
-    lazily on first need and kept; `close()` (or garbage collection) ends them. A worker is given work
-    only once it has said it is ready (math-verify imported and warmed up, up to `startup_timeout`
-    seconds), so its start-up, slow on a busy machine, never counts against a check's `timeout`.
+    `num_timeouts` counts checks killed at `timeout` seconds (scored 0). Workers are started
+    lazily on first need and kept; `close()` (or garbage collection) ends them, and so does the
+    death of this process, by any signal (`_die_with`). A worker is given work only once it has said
+    it is ready (math-verify imported and warmed up, up to `startup_timeout` seconds), so its
+    start-up, slow on a busy machine, never counts against a check's `timeout`.
     """
 
     def __init__(self, num_workers: int = 2, timeout: float = 10.0, startup_timeout: float = 120.0):
         self.num_workers, self.timeout, self.startup_timeout = num_workers, timeout, startup_timeout
         self.num_timeouts = 0
-        self._ctx = mp.get_context("fork")  # fast and imports nothing; the worker only runs sympy
-        self._workers: list[list] = []  # [process, connection]
+        self._workers: list[list] = []  # [subprocess.Popen, connection]
 
     def _spawn(self, n: int = 1) -> list[list]:
         """Start n workers together and return them once each has said it is ready."""
-        started = []
+        # A fresh interpreter that imports this file and math-verify only (~60 MB). Not fork: a
+        # forked worker maps the trainer's pages (its RSS ~ the trainer's). Not multiprocessing's
+        # spawn or forkserver: their children re-run the main script (train.py: torch and all).
+        started, here = [], os.path.dirname(os.path.abspath(__file__))
         for _ in range(n):
-            parent, child = self._ctx.Pipe()
-            p = self._ctx.Process(target=_worker, args=(child,), daemon=True)
-            p.start()
-            child.close()
-            started.append([p, parent])
+            mine, theirs = socket.socketpair()
+            code = (f"import sys; sys.path.insert(0, {here!r}); import evaluate; "
+                    f"evaluate._worker({theirs.fileno()}, {os.getpid()})")
+            p = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
+                                 stdin=subprocess.DEVNULL)
+            theirs.close()
+            started.append([p, Connection(mine.detach())])
         for p, conn in started:
             try:
                 ready = conn.poll(self.startup_timeout) and conn.recv() == "ready"
             except EOFError:  # it died while importing
                 ready = False
             if not ready:
-                for q, _ in started:
+                for q, c in started:
                     q.kill()
+                    q.wait()
+                    c.close()
                 raise RuntimeError(f"the answer checker's worker did not start within {self.startup_timeout:.0f} s "
                                    "(is math-verify installed? try: python -c 'import math_verify')")
         return started
@@ -159,7 +195,14 @@ class AnswerChecker:
             for w in range(len(self._workers)):
                 if w not in busy and todo:
                     i, pred, gt = todo.popleft()
-                    self._workers[w][1].send((pred, gt))
+                    try:
+                        self._workers[w][1].send((pred, gt))
+                    # it died while idle (killed, out of memory): a new one takes the check, and
+                    # waiting for it is no other check's time
+                    except OSError:
+                        paused = self._replace(w)
+                        busy = {v: (j, t + paused) for v, (j, t) in busy.items()}
+                        self._workers[w][1].send((pred, gt))
                     busy[w] = (i, time.monotonic())
             now = time.monotonic()
             wait([self._workers[w][1] for w in busy],
@@ -184,8 +227,10 @@ class AnswerChecker:
     def _replace(self, w: int) -> float:
         """Kill worker w and put a ready one in its slot; returns the seconds that took."""
         t = time.monotonic()
-        self._workers[w][0].kill()
-        self._workers[w][0].join()
+        p, conn = self._workers[w]
+        p.kill()
+        p.wait()
+        conn.close()
         self._workers[w] = self._spawn()[0]
         return time.monotonic() - t
 
@@ -195,9 +240,12 @@ class AnswerChecker:
                 conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
-            p.join(timeout=1)
-            if p.is_alive():
+            try:
+                p.wait(timeout=1)
+            except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+            conn.close()
         self._workers = []
 
     def __del__(self):

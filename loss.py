@@ -39,37 +39,42 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale_by_st
 def shaping(p: torch.Tensor, gamma: float) -> torch.Tensor:
     """[Shape] f(p) = p / (p + gamma). d f / d logp = gamma p / (p + gamma)^2: small for tokens the
     policy already finds likely (p -> 1) and for very unlikely ones, largest at p = gamma."""
-    assert gamma > 0, "gamma = 0 makes f == 1 and kills the gradient; use gamma=None to turn shaping off"
+    assert gamma > 0, ("gamma = 0 makes f == 1 and kills the gradient; "
+                       "use gamma=None to turn shaping off")
     return p / (p + gamma)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                off_policy: torch.Tensor, *, clip_eps: float | None, gamma: float | None) -> torch.Tensor:
+                off_policy: torch.Tensor, *, clip_eps: float | None,
+                gamma: float | None) -> torch.Tensor:
     """Per-token loss (N, R) to be MINIMISED (= minus the [Obj] integrand).
 
-    On-policy tokens (initial responses): [GRPO] -A * ratio, ratio = exp(logp - old_logp), PPO-clipped
-    at 1 +- clip_eps when clip_eps is set (the paper's equation), unclipped when None (the release).
-    Off-policy tokens (refinements): -A * f(p) with p = exp(logp) [Shape]: no behaviour ratio, no clip;
-    with gamma None, -A * logp (shaping off).
+    On-policy tokens (initial responses): [GRPO] -A * ratio, ratio = exp(logp - old_logp),
+    PPO-clipped at 1 +- clip_eps when clip_eps is set (the paper's equation), unclipped when None
+    (the release). Off-policy tokens (refinements): -A * f(p) with p = exp(logp) [Shape]: no
+    behaviour ratio, no clip; with gamma None, -A * logp (shaping off).
     """
-    N, R = logp.shape                                                                 # (N, R)
+    N, R = logp.shape                                                           # (N, R)
     assert old_logp.shape == (N, R) and advantages.shape == (N,) and off_policy.shape == (N,)
-    A = advantages[:, None]                                                           # (N, 1)
-    ratio = torch.exp(logp - old_logp)                                                # (N, R)
-    on = -A * ratio                                                                   # [GRPO] unclipped
+    A = advantages[:, None]                                                     # (N, 1)
+    ratio = torch.exp(logp - old_logp)                                          # (N, R)
+    on = -A * ratio                                                             # [GRPO] unclipped
     if clip_eps is not None:
-        on = torch.max(on, -A * ratio.clamp(1 - clip_eps, 1 + clip_eps))              # [GRPO] clipped
-    off = -A * (logp if gamma is None else shaping(torch.exp(logp), gamma))           # [Obj] refinement term
-    return torch.where(off_policy[:, None], off, on)                                  # (N, R)
+        on = torch.max(on, -A * ratio.clamp(1 - clip_eps, 1 + clip_eps))        # [GRPO] clipped
+    # [Obj] refinement term
+    off = -A * (logp if gamma is None else shaping(torch.exp(logp), gamma))
+    return torch.where(off_policy[:, None], off, on)                            # (N, R)
 
 
-def off_policy_health(logp: torch.Tensor, ent: torch.Tensor, mask: torch.Tensor, off_policy: torch.Tensor,
-                      old_logp: torch.Tensor, clip_eps: float | None, gamma: float | None) -> dict[str, torch.Tensor]:
-    """Sums (divide by the counts) that show whether off-policy training is healthy (the official repo's
-    issue 6: collapse with rising entropy): p and [Shape] f(p) of refinement tokens under the bare question,
-    token entropy of refinements vs initial responses, and how many initial tokens the [GRPO] clip cuts."""
-    off = mask & off_policy[:, None]                                                  # (N, R) refinement tokens
-    on = mask & ~off_policy[:, None]                                                  # (N, R) initial-response tokens
+def off_policy_health(logp: torch.Tensor, ent: torch.Tensor, mask: torch.Tensor,
+                      off_policy: torch.Tensor, old_logp: torch.Tensor, clip_eps: float | None,
+                      gamma: float | None) -> dict[str, torch.Tensor]:
+    """Sums (divide by the counts) that show whether off-policy training is healthy (the official
+    repo's issue 6: collapse with rising entropy): p and [Shape] f(p) of refinement tokens under the
+    bare question, token entropy of refinements vs initial responses, and how many initial tokens
+    the [GRPO] clip cuts."""
+    off = mask & off_policy[:, None]  # (N, R) refinement tokens
+    on = mask & ~off_policy[:, None]  # (N, R) initial-response tokens
     p = torch.exp(logp.detach())
     ratio = torch.exp(logp.detach() - old_logp)
     clipped = (ratio - 1).abs() > clip_eps if clip_eps is not None else torch.zeros_like(on)
@@ -83,8 +88,9 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, denom: float,
               seq_weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum over tokens (optionally weighted per sequence) / a constant denominator.
 
-    The constant (sequences in the whole step x max response length, Dr.GRPO style) does not depend on
-    how the step is split into micro-batches, so summing micro-batch losses gives the full-batch loss.
+    The constant (sequences in the whole step x max response length, Dr.GRPO style) does not depend
+    on how the step is split into micro-batches, so summing micro-batch losses gives the full-batch
+    loss.
     """
     assert per_token.shape == mask.shape                                               # (N, R)
     w = mask.float() if seq_weights is None else mask.float() * seq_weights[:, None]
@@ -98,7 +104,7 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) estimate exp(ref - logp) - (ref - logp) - 1 >= 0 (Schulman's k3, as
-    DeepSeek-R1's GRPO); used only for the R1-GRPO-with-KL baseline."""
+    """Per-token KL(pi || pi_ref) estimate exp(ref - logp) - (ref - logp) - 1 >= 0 (Schulman's k3,
+    as DeepSeek-R1's GRPO); used only for the R1-GRPO-with-KL baseline."""
     d = ref_logp - logp                                                               # (N, R)
     return torch.exp(d) - d - 1

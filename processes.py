@@ -1,15 +1,16 @@
-"""Several processes behind one handle. On one process every method is the identity or a plain call,
-so train.py reads as one-process code; nothing here is part of the algorithm.
+"""Several processes behind one handle. On one process every method is the identity or a plain
+call, so train.py reads as one-process code; nothing here is part of the algorithm.
 
-`python train.py` is one process. `accelerate launch --num_processes N train.py` (or torchrun) starts N:
-each takes whole groups of every step, the loss constants count over all of them, and the main process
-alone writes files. With `--config_file configs/zero3.yaml` (zero2, fsdp) the policy's weights,
-gradients and optimizer state are split over the processes (DeepSpeed ZeRO, FSDP2).
+`python train.py` is one process. `accelerate launch --num_processes N train.py` (or torchrun)
+starts N: each takes whole groups of every step, the loss constants count over all of them, and
+the main process alone writes files. With `--config_file configs/zero3.yaml` (zero2, fsdp) the
+policy's weights, gradients and optimizer state are split over the processes (DeepSpeed ZeRO,
+FSDP2).
 
     log, is_main, rank, world          print once; who writes
     share(rows), shard / unshard       this process's groups; eval questions out and back in order
     gather(records), sum(values)       every process's records; a step's sums (times: the slowest)
-    prepare, whole_weights()           DDP or a split-weight engine; the whole model to generate with
+    prepare, whole_weights()           DDP or a split-weight engine; the whole model to generate
     passes(micro_batches), backward    equal pass counts, gradient sync at the last pass, x N
     clip_and_step                      the optimizer step, skipped on a non-finite gradient norm
     save, load, latest_checkpoint      who writes what; every process's RNG
@@ -51,10 +52,11 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 class Processes:
-    def __init__(self, *, output_dir: str, report_to: str = "none", dtype: torch.dtype = torch.float32,
-                 max_grad_norm: float = 1.0):
-        """Mixed precision and compilation stay off whatever `accelerate config` says: --dtype decides
-        the weights, and the update's log-probs must be those of sampling and of the bare model."""
+    def __init__(self, *, output_dir: str, report_to: str = "none",
+                 dtype: torch.dtype = torch.float32, max_grad_norm: float = 1.0):
+        """Mixed precision and compilation stay off whatever `accelerate config` says: --dtype
+        decides the weights, and the update's log-probs must be those of sampling and of the
+        bare model."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs
         # DeepSpeed runs on a CPU too (its CPU accelerator over gloo), but accelerate starts it only
@@ -62,18 +64,21 @@ class Processes:
         on_cpu = not torch.cuda.is_available()
         ds = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
         self.accelerator = acc = Accelerator(
-            cpu=on_cpu and not ds, project_dir=output_dir, mixed_precision="no", dynamo_backend="no",
-            log_with=None if report_to == "none" else report_to,
+            cpu=on_cpu and not ds, project_dir=output_dir, mixed_precision="no",
+            dynamo_backend="no", log_with=None if report_to == "none" else report_to,
             kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if on_cpu and ds else None)
-        self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
         self.device, self.engine = acc.device, acc.distributed_type.value
         self.split = self.engine in ("FSDP", "DEEPSPEED")  # weights or optimizer state split
         self.zero3 = self.engine == "DEEPSPEED" and acc.state.deepspeed_plugin.zero_stage == 3
         if self.engine == "FSDP" and not acc.is_fsdp2:
-            raise SystemExit("error: FSDP1 is not supported: set fsdp_version: 2 (configs/fsdp.yaml)")
-        if acc.gradient_accumulation_steps != 1:  # it would divide the loss: the step's constants do
-            raise SystemExit("error: gradient accumulation from the accelerate config is not used here: "
-                             "unset it (--micro_batch_tokens already splits every update)")
+            raise SystemExit("error: FSDP1 is not supported: set fsdp_version: 2 "
+                             "(configs/fsdp.yaml)")
+        # it would divide the loss: the step's constants do that
+        if acc.gradient_accumulation_steps != 1:
+            raise SystemExit("error: gradient accumulation from the accelerate config is not used "
+                             "here: unset it (--micro_batch_tokens already splits every update)")
         if self.engine == "DEEPSPEED":
             from transformers.integrations import unset_hf_deepspeed_config
             acc.state.deepspeed_plugin.deepspeed_config.update(
@@ -85,6 +90,15 @@ class Processes:
             unset_hf_deepspeed_config()
         self.model = self.optimizer = self.filler = self.trainable = None
         self.stop_pending, self.deferring, self.save_on_stop = False, 0, None
+        self.reached = {}  # kill points reached so far (tests' fault injection: kill_point)
+
+    def kill_point(self, where: str):
+        """Tests kill this process with SIGKILL, as an out-of-memory kill would, at the n-th
+        `where` ("generate", "update" or "checkpoint") given by CRITIQUE_GRPO_KILL_AT=where:n: at
+        points the code reaches deterministically, never after a time."""
+        self.reached[where] = self.reached.get(where, 0) + 1
+        if os.environ.get("CRITIQUE_GRPO_KILL_AT") == f"{where}:{self.reached[where]}":
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def log(self, *args, **kw):
         if self.is_main:
@@ -114,8 +128,8 @@ class Processes:
         return gather_object(records) if self.world > 1 else list(records)
 
     def sum(self, values: dict) -> dict:
-        """Each value summed over every process in one collective; `time/...` values take the slowest
-        process's. A key a process lacks counts as 0 there."""
+        """Each value summed over every process in one collective; `time/...` values take the
+        slowest process's. A key a process lacks counts as 0 there."""
         from accelerate.utils import gather_object
         every = gather_object([{k: float(v) for k, v in values.items()}]) if self.world > 1 else \
             [{k: float(v) for k, v in values.items()}]
@@ -136,11 +150,12 @@ class Processes:
 
     # ---- the model: DDP or a split-weight engine ----
     def prepare(self, model: torch.nn.Module, optimizer, filler: dict):
-        """Wrap the update's module (DDP copies the main process's weights to all; ZeRO and FSDP2 split
-        them) and the optimizer. filler: a one-token batch for the passes a process makes only to take
-        part. Returns the module to call and the trainable parameters (FSDP2 replaces them)."""
+        """Wrap the update's module (DDP copies the main process's weights to all; ZeRO and FSDP2
+        split them) and the optimizer. filler: a one-token batch for the passes a process makes only
+        to take part. Returns the module to call and the optimizer."""
         placement = None if self.engine == "DEEPSPEED" else [False, False]
-        self.model, self.optimizer = self.accelerator.prepare(model, optimizer, device_placement=placement)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer,
+                                                              device_placement=placement)
         self.filler = {k: v.to(self.device) for k, v in filler.items()}
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         return self.model, self.optimizer
@@ -151,6 +166,8 @@ class Processes:
         every process gathers it once and frees it after, with the per-layer gathers off meanwhile:
         processes generate different numbers of tokens, so a collective in every forward would leave
         them waiting on each other. Whole weights already (one process, DDP, ZeRO-1/2): nothing."""
+        if needed:
+            self.kill_point("generate")
         if not needed or not (self.zero3 or self.engine == "FSDP"):
             yield
         elif self.zero3:
@@ -184,10 +201,11 @@ class Processes:
         return self.accelerator.gather(t).sum(0).tolist()
 
     def passes(self, micro_batches: list, **forward_kw):
-        """Yield this process's micro-batches of one optimizer step. DDP and the split-weight engines
-        communicate inside forward and backward, so every process runs as many passes as the busiest
-        one: zero-weighted passes on the filler make up the difference. Gradients are reduced in the
-        last pass only (DeepSpeed also clips and steps after it; FSDP2 reduce-scatters every pass)."""
+        """Yield this process's micro-batches of one optimizer step. DDP and the split-weight
+        engines communicate inside forward and backward, so every process runs as many passes
+        as the busiest one: zero-weighted passes on the filler make up the difference.
+        Gradients are reduced in the last pass only (DeepSpeed also clips and steps after it;
+        FSDP2 reduce-scatters every pass)."""
         n = len(micro_batches)
         if self.world > 1:
             n = int(self.accelerator.gather(torch.tensor([n], device=self.device)).max())
@@ -198,18 +216,21 @@ class Processes:
             with self.accelerator.no_sync(self.model) if no_sync else contextlib.nullcontext():
                 if j < len(micro_batches):
                     yield micro_batches[j]
+                    if j == 0:  # one backward pass done, the optimizer step not
+                        self.kill_point("update")
                 else:  # nothing of this process's left: take part, add nothing
                     logp, ent = self.model(self.filler, **forward_kw)
                     self.accelerator.backward(0.0 * (logp.sum() + ent.sum()))
 
     def backward(self, loss: torch.Tensor):
-        """x world: DDP averages the processes' gradients, and each process's loss already carries the
-        whole step's constants, so N processes make the update one process makes."""
+        """x world: DDP averages the processes' gradients, and each process's loss already carries
+        the whole step's constants, so N processes make the update one process makes."""
         self.accelerator.backward(self.world * loss)
 
     def clip_and_step(self, max_grad_norm: float) -> float | None:
-        """Clip the gradient norm and step; a non-finite norm would poison AdamW's moments: skip the step
-        and keep the weights (returns None). DeepSpeed has clipped and stepped in the last backward."""
+        """Clip the gradient norm and step; a non-finite norm would poison AdamW's moments: skip
+        the step and keep the weights (returns None). DeepSpeed clipped and stepped in the
+        last backward."""
         grad_norm = torch.as_tensor(self.accelerator.clip_grad_norm_(self.trainable, max_grad_norm))
         if torch.isfinite(grad_norm):
             self.optimizer.step()
@@ -220,10 +241,11 @@ class Processes:
 
     # ---- checkpoints ----
     def save(self, path: Path, model, step: int, rngs: list[dict]):
-        """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint. rngs:
-        every process's RNG state in rank order, written by the main process. With whole weights on every
-        process only the main one writes; with split weights each writes its shards under `sharded/`
-        (accelerate's save_state) and the main one the gathered weights, which evaluate.py reads."""
+        """Written to `<path>.tmp` and renamed, so a crash mid-write never leaves a half checkpoint.
+        rngs: every process's RNG state in rank order, written by the main process. With whole
+        weights on every process only the main one writes; with split weights each writes its shards
+        under `sharded/` (accelerate's save_state) and the main one the gathered weights, which
+        evaluate.py reads."""
         tmp = path.with_name(path.name + ".tmp")
         if not self.split and not self.is_main:
             return
@@ -232,15 +254,19 @@ class Processes:
         state_dict = None
         if self.split:
             self.barrier()  # the main process has cleared tmp
-            whole = self.accelerator.get_state_dict(self.model)  # on the main process (ZeRO-3: else None)
-            state_dict = {k.removeprefix("model."): v for k, v in whole.items()} if self.is_main else None
+            # gathered onto the main process (ZeRO-3: None elsewhere)
+            whole = self.accelerator.get_state_dict(self.model)
+            if self.is_main:
+                state_dict = {k.removeprefix("model."): v for k, v in whole.items()}
             self.accelerator.save_state(tmp / "sharded")
         if self.is_main:
             # A LoRA adapter never trains the embeddings; False also spares peft a hub lookup
             lora = {"save_embedding_layers": False} if hasattr(model, "peft_config") else {}
             model.save_pretrained(tmp, state_dict=state_dict, **lora)
-            torch.save({"step": step, "optimizer": None if self.split else self.optimizer.state_dict(),
-                        **rngs[0], "process_rng": rngs}, tmp / "trainer_state.pt")
+            self.kill_point("checkpoint")  # the weights written, the optimizer and RNG not
+            optimizer = None if self.split else self.optimizer.state_dict()
+            torch.save({"step": step, "optimizer": optimizer, **rngs[0], "process_rng": rngs},
+                       tmp / "trainer_state.pt")
         if self.split:
             self.barrier()  # every shard is written
         if self.is_main:
@@ -248,12 +274,13 @@ class Processes:
             tmp.rename(path)
 
     def load(self, path: Path, model, select_rng: random.Random, lora: bool) -> int:
-        """Weights or adapter, optimizer state, this process's RNG; returns the checkpoint's step."""
+        """Weights or adapter, optimizer state, this process's RNG; returns the checkpoint's
+        step."""
         from safetensors.torch import load_file
         if (path / "sharded").exists() != self.split:
-            raise SystemExit(f"error: {path} was written {'with' if not self.split else 'without'} split "
-                             "weights (configs/*.yaml): resume it as it ran, or start a new run from its "
-                             "weights (--model)")
+            how = "with" if not self.split else "without"
+            raise SystemExit(f"error: {path} was written {how} split weights (configs/*.yaml): "
+                             "resume it as it ran, or start a new run from its weights (--model)")
         if self.split:  # each process loads its shards of weights and optimizer
             self.accelerator.load_state(path / "sharded")
         elif lora:
@@ -272,19 +299,22 @@ class Processes:
         if len(rngs) == self.world:
             set_rng_state(rngs[self.rank], select_rng)
         else:
-            self.log(f"warning: {path} was written by {len(rngs)} processes, resumed on {self.world}: "
-                     "sampling continues from each process's starting seed, not where the run stopped")
+            self.log(f"warning: {path} was written by {len(rngs)} processes, resumed on "
+                     f"{self.world}: sampling continues from each process's starting seed, not "
+                     "where the run stopped")
         return state["step"]
 
     # ---- Ctrl-C / SIGTERM: finish the step, save it, exit with 130 ----
     def catch_stop(self, save_last):
-        """From now on a Ctrl-C or SIGTERM writes a checkpoint of the last finished step (save_last()
-        returns its path, or None when nothing was trained yet) and exits with code 130. Inside
-        `deferred()` the signal waits for the block to end, so a checkpoint never holds a half-applied
-        step. Several processes: a signal only marks the stop; at `step_end()`, which every process
-        calls, they agree whether any was signalled, then all save and exit together."""
+        """From now on a Ctrl-C or SIGTERM writes a checkpoint of the last finished step
+        (save_last() returns its path, or None when nothing was trained yet) and exits with
+        code 130. Inside `deferred()` the signal waits for the block to end, so a checkpoint
+        never holds a half-applied step. Several processes: a signal only marks the stop; at
+        `step_end()`, which every process calls, they agree whether any was signalled, then
+        all save and exit together."""
         self.save_on_stop = save_last
-        self.previous = {s: signal.signal(s, self._signalled) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {s: signal.signal(s, self._signalled)
+                         for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _signalled(self, signum, frame):
         if self.deferring or self.world > 1:

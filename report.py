@@ -8,6 +8,8 @@ to the reference arm with a 95 % interval from a paired bootstrap: seeds and que
 together (the same seed and question for both arms), so the interval covers both sources of noise.
 If the interval excludes 0 the difference is a verdict; if not, the grid cannot tell the arms apart.
 Runs without DONE (unfinished) are left out. The HTML file needs no server and no network.
+An arm with runs whose critiques fell back to the ground-truth critique is marked ⚠, with the
+fraction per run: such an arm mixes in another critique type.
 """
 from __future__ import annotations
 
@@ -87,6 +89,34 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int
     return float(d.mean()), float(lo), float(hi)
 
 
+def fallbacks(run: dict) -> tuple[int, int, int]:
+    """A run's critiques that fell back to the ground-truth critique (`critic/fallbacks`), its
+    critic requests that failed outright (`critic/transport_failures`) and its refinements (all
+    steps)."""
+    def total(key):
+        return int(sum(m[key] for m in run["metrics"] if isinstance(m.get(key), (int, float))))
+    return total("critic/fallbacks"), total("critic/transport_failures"), total("refine/count")
+
+
+def fallback_note(runs: dict[int, dict]) -> str:
+    """'' if no run of an arm fell back, else per run that did: 'seed 1: 25.0 % fell back, 10.0 %
+    transport failures' (over its refinements; counts where it logged none)."""
+    notes = []
+    for seed in sorted(runs):
+        fell, failed, refined = fallbacks(runs[seed])
+        if fell or failed:
+            share = (lambda n: f"{pct(n / refined)} %") if refined else str
+            notes.append(f"seed {seed}: {share(fell)} fell back"
+                         + (f", {share(failed)} transport failures" if failed else ""))
+    return "; ".join(notes)
+
+
+FALLBACK_NOTE = ("⚠: runs whose CoT critiques fell back to the ground-truth critique "
+                 "(`critic/fallbacks` over `refine/count`; transport failures: critic requests "
+                 "that failed outright, `critic/transport_failures`). Such an arm mixes in "
+                 "`indicative_gt` critiques.")
+
+
 def tables(arms: dict, ref: str, n_boot: int) -> dict[str, list[dict]]:
     """{eval set: [row per arm]} with before/after means, std over seeds and the paired interval vs `ref`."""
     any_run = next(iter(next(iter(arms.values())).values()))
@@ -101,7 +131,8 @@ def tables(arms: dict, ref: str, n_boot: int) -> dict[str, list[dict]]:
             before = [c.mean() if c.size else float("nan") for c in first]  # nan: scored only after training
             row = {"arm": arm, "seeds": seeds, "before": float(np.mean(before)), "after": float(np.mean(after)),
                    "std": float(np.std(after, ddof=1)) if len(after) > 1 else float("nan"),
-                   "wall": float(np.mean([runs[k]["wall"] or float("nan") for k in seeds]))}
+                   "wall": float(np.mean([runs[k]["wall"] or float("nan") for k in seeds])),
+                   "fallbacks": fallback_note(runs)}
             common = [k for k in seeds if k in arms.get(ref, {})]
             if arm != ref and common:
                 a = np.stack([correctness(runs[k], s) for k in common])
@@ -127,16 +158,21 @@ def markdown(tabs: dict, ref: str) -> str:
     for s, rows in tabs.items():
         parts += [f"**{s}** (final accuracy %, mean ± std over seeds; Δ vs `{ref}` with a 95 % paired-bootstrap "
                   "interval over seeds and questions)", "",
-                  "| arm | seeds | step 0 | final | Δ vs ref [95 % CI] | verdict | wall (s) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| arm | seeds | step 0 | final | Δ vs ref [95 % CI] | verdict | wall (s) "
+                  "| critique fallbacks |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if "diff" in r:
                 delta = interval(r)
                 verdict = "better" if r["lo"] > 0 else "worse" if r["hi"] < 0 else "not separable"
             else:
                 delta, verdict = ("reference", "") if r["arm"] == ref else ("no paired seeds", "")
-            parts.append(f"| {r['arm']} | {len(r['seeds'])} | {pct(r['before'])} | {pct(r['after'])} ± {pct(r['std'])} "
-                         f"| {delta} | {verdict} | {r['wall']:.0f} |")
+            arm = f"{r['arm']} ⚠" if r["fallbacks"] else r["arm"]
+            parts.append(f"| {arm} | {len(r['seeds'])} | {pct(r['before'])} "
+                         f"| {pct(r['after'])} ± {pct(r['std'])} | {delta} | {verdict} "
+                         f"| {r['wall']:.0f} | {r['fallbacks'] or '–'} |")
+        if any(r["fallbacks"] for r in rows):
+            parts.append("\n" + FALLBACK_NOTE)
         if any(r.get("paired_seeds") == 1 for r in rows):
             parts.append("\nWith one paired seed an interval covers question sampling only, not seed-to-seed noise.")
         parts.append("")
@@ -202,6 +238,7 @@ def sample_cards(arms: dict) -> list[dict]:
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Critique-GRPO report</title><style>
 body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px}#curves{max-width:100%}table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}
+tr.fallback td{background:#fff3cd}
 .card{border:1px solid #bbb;border-radius:6px;margin:.6em 0;padding:.5em .8em}.meta{color:#666;font-size:.85em}
 .ans{white-space:pre-wrap;font-family:monospace;font-size:.85em;margin:.3em 0;padding:.3em;border-left:4px solid #ccc}
 .r1{border-color:#2a2}.r0{border-color:#c33}.crit{background:#f5f5ff}.ref{background:#f3fff3}
@@ -259,13 +296,21 @@ def html_tables(tabs: dict, ref: str) -> str:
     parts = []
     for s, rows in tabs.items():
         parts.append(f"<h2>{html.escape(s)}</h2><table><tr><th>arm</th><th>seeds</th><th>step 0 %</th><th>final %</th>"
-                     f"<th>Δ vs {html.escape(ref)} [95 % CI]</th><th>wall s</th></tr>")
+                     f"<th>Δ vs {html.escape(ref)} [95 % CI]</th><th>wall s</th>"
+                     "<th>critique fallbacks</th></tr>")
         for r in rows:
             delta = (interval(r) if "diff" in r
                      else "reference" if r["arm"] == ref else "–")
-            parts.append(f"<tr><td>{html.escape(r['arm'])}</td><td>{len(r['seeds'])}</td><td>{pct(r['before'])}</td>"
-                         f"<td>{pct(r['after'])} ± {pct(r['std'])}</td><td>{delta}</td><td>{r['wall']:.0f}</td></tr>")
+            mark = (' class="fallback"', " ⚠") if r["fallbacks"] else ("", "")
+            parts.append(f"<tr{mark[0]}><td>{html.escape(r['arm'])}{mark[1]}</td>"
+                         f"<td>{len(r['seeds'])}</td><td>{pct(r['before'])}</td>"
+                         f"<td>{pct(r['after'])} ± {pct(r['std'])}</td><td>{delta}</td>"
+                         f"<td>{r['wall']:.0f}</td>"
+                         f"<td>{html.escape(r['fallbacks']) or '–'}</td></tr>")
         parts.append("</table>")
+        if any(r["fallbacks"] for r in rows):
+            note = html.escape(FALLBACK_NOTE).replace("`", "")
+            parts.append(f'<p class="meta">{note}</p>')
     return "".join(parts)
 
 

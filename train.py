@@ -1,7 +1,7 @@
 """Critique-GRPO training, the whole loop in one file.
 
     python train.py                          # embedded SmolLM2-135M + embedded arithmetic data, CPU
-    python train.py --critique_type none     # the GRPO reference (Dr.GRPO: no std, constant normaliser)
+    python train.py --critique_type none     # the GRPO reference (Dr.GRPO: no std, constant norm)
     python train.py --model Qwen/Qwen2.5-0.5B-Instruct --critique_type cot \\
         --critic_model Qwen/Qwen2.5-7B-Instruct
     python train.py --help                   # every field of Config, with its default
@@ -151,6 +151,9 @@ class Config:
     """cot/self: critique length cap (the paper: 4096 with GPT-4o)"""
     critic_tries: int = 3
     """cot/self: attempts per critique before falling back to the ground-truth critique"""
+    allow_critic_failures: bool = False
+    """keep training when none of a step's critiques arrived from the critic (they fall back to the
+    ground-truth critique, so that step trains as indicative_gt); off: the run stops"""
 
     # ---- optimisation ----
     lora: bool = True
@@ -210,7 +213,7 @@ class Config:
 RESUMABLE_CHANGES = {"resume", "overwrite", "allow_config_change", "max_steps", "eval_every",
                      "save_every", "samples_every", "eval_limit", "gen_batch_size",
                      "micro_batch_tokens", "logprob_chunk", "gradient_checkpointing", "merge_lora",
-                     "static_cache", "report_to"}
+                     "static_cache", "report_to", "allow_critic_failures"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +223,8 @@ def _field_docs(cls) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     body, docs = tree.body[0].body, {}
     for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+        doc = isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+        if isinstance(a, ast.AnnAssign) and doc:
             docs[a.target.id] = " ".join(b.value.value.split())
     return docs
 
@@ -253,50 +257,50 @@ def parse_config(argv=None) -> Config:
     return Config(**vars(ap.parse_args(argv)))
 
 
-# (flag, lowest allowed, whether the lowest is allowed, highest allowed): every number is checked
-RANGES = [("lr", 0, False, None), ("weight_decay", 0, True, None), ("max_grad_norm", 0, False, None),
-          ("temperature", 0, True, None), ("top_p", 0, False, 1), ("entropy_coef", 0, True, None),
-          ("kl_coef", 0, True, None), ("clip_eps", 0, False, None), ("gamma", 0, False, None),
-          ("lora_r", 1, True, None), ("lora_alpha", 0, False, None), ("critic_tries", 1, True, None),
-          ("critic_max_new_tokens", 1, True, None), ("updates_per_batch", 1, True, None),
-          ("prompts_per_step", 1, True, None), ("n_init", 1, True, None), ("n_refine", 0, True, None),
-          ("max_new_tokens", 1, True, None), ("max_context", 2, True, None),
-          ("micro_batch_tokens", 1, True, None), ("logprob_chunk", 1, True, None),
-          ("max_steps", 1, True, None), ("gen_batch_size", 0, True, None), ("eval_limit", 0, True, None),
-          ("eval_every", 0, True, None), ("save_every", 0, True, None), ("samples_every", 0, True, None)]
+# every number a flag takes is checked: by rule, then the cross-flag rules in validate()
+POSITIVE = ("lr", "max_grad_norm", "top_p", "clip_eps", "gamma", "lora_alpha")
+AT_LEAST_ONE = ("prompts_per_step", "n_init", "max_new_tokens", "max_context", "micro_batch_tokens",
+                "logprob_chunk", "max_steps", "updates_per_batch", "lora_r", "critic_tries",
+                "critic_max_new_tokens")
+NOT_NEGATIVE = ("weight_decay", "temperature", "entropy_coef", "kl_coef", "n_refine",
+                "gen_batch_size", "eval_limit", "eval_every", "save_every", "samples_every")
 HINTS = {"gamma": " (gamma = 0 makes f == 1 and kills the gradient; --gamma none: no shaping)",
-         "temperature": " (0 = greedy)"}
+         "temperature": " (0 = greedy)", "gen_batch_size": " (0 = by free memory)"}
 
 
 def validate(cfg: Config, num_processes: int = 1):
     """Every bad value of a command at once, before anything loads."""
     problems = []
-    for name, low, inclusive, high in RANGES:
-        v = getattr(cfg, name)
-        if v is None:
-            continue
-        if not math.isfinite(v) or v < low or (v == low and not inclusive) or (high is not None and v > high):
-            where = (f">= {low}" if inclusive else f"> {low}") + (f" and <= {high}" if high else "")
-            problems.append(f"--{name} {v} must be {where}" + HINTS.get(name, ""))
-    if cfg.prompts_per_step % (num_processes * cfg.updates_per_batch):
-        problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by {num_processes} "
-                        f"processes x --updates_per_batch {cfg.updates_per_batch}: each process takes "
-                        "whole groups")
+    rules = ((POSITIVE, "> 0", lambda v: v > 0), (AT_LEAST_ONE, ">= 1", lambda v: v >= 1),
+             (NOT_NEGATIVE, ">= 0", lambda v: v >= 0))
+    for names, rule, holds in rules:
+        for name in names:
+            v = getattr(cfg, name)
+            if v is not None and not (math.isfinite(v) and holds(v)):
+                problems.append(f"--{name} {v} must be {rule}" + HINTS.get(name, ""))
+    if cfg.top_p > 1:
+        problems.append(f"--top_p {cfg.top_p} must be <= 1")
+    per_update = num_processes * cfg.updates_per_batch
+    if per_update >= 1 and cfg.prompts_per_step % per_update:
+        problems.append(f"--prompts_per_step {cfg.prompts_per_step} must be divisible by "
+                        f"{num_processes} processes x --updates_per_batch {cfg.updates_per_batch}: "
+                        "each process takes whole groups")
     if not 0 <= cfg.n_refine < cfg.n_init:
         problems.append(f"--n_refine {cfg.n_refine} must be >= 0 and < --n_init {cfg.n_init}")
     if cfg.max_new_tokens >= cfg.max_context:
         problems.append(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in "
                         f"--max_context {cfg.max_context}")
     if cfg.critique_type == "cot" and not (cfg.critic_model or cfg.critic_base_url):
-        problems.append("--critique_type cot needs --critic_model (local HF model) or --critic_base_url "
-                        "(API endpoint)")
+        problems.append("--critique_type cot needs --critic_model (local HF model) or "
+                        "--critic_base_url (API endpoint)")
     if cfg.baseline == "refine_ft" and cfg.critique_type in ("none", "expert"):
         problems.append("--baseline refine_ft trains on critique-guided refinements: pick a "
                         "--critique_type with a critique")
     if cfg.baseline == "critique_ft" and cfg.critique_type != "cot":
-        problems.append("--baseline critique_ft trains on a critic's critiques: needs --critique_type cot")
+        problems.append("--baseline critique_ft trains on a critic's critiques: needs "
+                        "--critique_type cot")
     if cfg.load_in_4bit and not cfg.lora:
-        problems.append("--load_in_4bit trains a LoRA adapter on frozen 4-bit weights: drop --no-lora")
+        problems.append("--load_in_4bit trains LoRA on frozen 4-bit weights: drop --no-lora")
     stems = [Path(src).stem for src in cfg.eval_data.split(",")]
     if len(set(stems)) < len(stems):
         problems.append(f"--eval_data: two held-out sets share a file name ({', '.join(stems)}); "
@@ -320,7 +324,7 @@ class Sequence:
 
 
 def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]:
-    """Questions of `step`: a fresh seeded permutation each epoch, so the data position is the step."""
+    """Questions of `step`: a fresh seeded permutation each epoch: the data position is the step."""
     out, perms = [], {}
     for pos in range(step * B, (step + 1) * B):
         epoch, i = divmod(pos, len(rows))
@@ -331,15 +335,15 @@ def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]
 
 
 def policy_tokens(tok, text: str, R: int) -> list[int]:
-    """Text written elsewhere (a reference solution, a weaker refiner) as a policy response: at most R
-    tokens, ending in EOS."""
+    """Text written elsewhere (a reference solution, a weaker refiner) as a policy response: at
+    most R tokens, ending in EOS."""
     return tok(text, add_special_tokens=False)["input_ids"][: R - 1] + [tok.eos_token_id]
 
 
 def sequence_weights(seqs: list[Sequence], aggregation: str, R: int) -> list[float]:
     """Per-sequence weights of [Obj]'s token sum. paper: 1/n for initial responses and 1/k for
-    refinements, per group; seq_mean: R / |y_i|, which with the denominator N x R is 1/N sum_i mean_t
-    (original GRPO); constant: 1 (Dr.GRPO, the release)."""
+    refinements, per group; seq_mean: R / |y_i|, which with the denominator N x R is
+    1/N sum_i mean_t (original GRPO); constant: 1 (Dr.GRPO, the release)."""
     if aggregation == "paper":
         counts = Counter((s.group, s.off_policy) for s in seqs)
         return [1.0 / counts[(s.group, s.off_policy)] for s in seqs]
@@ -350,16 +354,18 @@ def sequence_weights(seqs: list[Sequence], aggregation: str, R: int) -> list[flo
 
 def supervised_targets(baseline: str, *, tok, rows: list[dict], prompt_ids: list[list[int]], n: int,
                        responses: list[list[int]], rewards: list[float], to_refine: list[int],
-                       refinements: list[list[int]], refine_rewards: list[float], critiques: list[str],
-                       R: int, critique_R: int) -> list[Sequence]:
+                       refinements: list[list[int]], refine_rewards: list[float],
+                       critiques: list[str], R: int, critique_R: int) -> list[Sequence]:
     """What a supervised baseline trains on this step, by token-mean NLL; response i belongs to
-    question i // n. sft: the reference solutions; raft: the policy's correct samples; refine_ft: only
-    refinements that fixed a wrong answer, under the BARE question; critique_ft: only critiques in
-    which the critic itself found the error (not the fallbacks), under the critique prompt."""
+    question i // n. sft: the reference solutions; raft: the policy's correct samples; refine_ft:
+    only refinements that fixed a wrong answer, under the BARE question; critique_ft: only critiques
+    in which the critic itself found the error (not the fallbacks), under the critique prompt."""
     if baseline == "sft":
-        pairs = [(g, prompt_ids[g], policy_tokens(tok, r["solution"], R)) for g, r in enumerate(rows)]
+        pairs = [(g, prompt_ids[g], policy_tokens(tok, row["solution"], R))
+                 for g, row in enumerate(rows)]
     elif baseline == "raft":
-        pairs = [(i // n, prompt_ids[i // n], responses[i]) for i in range(len(responses)) if rewards[i] > 0]
+        pairs = [(i // n, prompt_ids[i // n], responses[i]) for i in range(len(responses))
+                 if rewards[i] > 0]
     elif baseline == "refine_ft":
         pairs = [(i // n, prompt_ids[i // n], refinements[j]) for j, i in enumerate(to_refine)
                  if rewards[i] == 0 and refine_rewards[j] > 0]
@@ -403,22 +409,25 @@ def setup(cfg: Config, procs: Processes) -> SimpleNamespace:
                   if k not in RESUMABLE_CHANGES and saved.get(k) != v]
         if differ:
             raise SystemExit("error: --resume with a different config: " + ", ".join(differ) +
-                             "\n       pass the same flags, or --allow_config_change to resume anyway")
+                             "\n       pass the same flags, or --allow_config_change to resume "
+                             "anyway")
     procs.barrier()  # every process has read config.json before the main one rewrites it
     dtype, why = rollout.choose_dtype(cfg.dtype)
     machine = {"device": rollout.describe_device(procs.device.type),
                "dtype": str(dtype).removeprefix("torch."), "dtype_reason": why,
-               "threads": torch.get_num_threads(), "processes": procs.world, "torch": torch.__version__}
+               "threads": torch.get_num_threads(), "processes": procs.world,
+               "torch": torch.__version__}
     procs.log(f"device {machine['device']} | dtype {why}" +
               (f" | {procs.world} processes ({procs.engine})" if procs.world > 1 else ""))
     if procs.is_main:
         config = {**dataclasses.asdict(cfg), "resolved": machine}
         (out / "config.json").write_text(json.dumps(config, indent=2))
     procs.init_trackers(dataclasses.asdict(cfg), out.name)
-    # the same initial weights (LoRA's random A) on every process: ZeRO-3 and FSDP keep each one's slice
+    # the same initial weights (LoRA's random A) on every process: ZeRO-3 and FSDP keep their slices
     seed_all(cfg.seed)
 
-    load = dict(question_key=cfg.question_key, answer_key=cfg.answer_key, solution_key=cfg.solution_key)
+    load = dict(question_key=cfg.question_key, answer_key=cfg.answer_key,
+                solution_key=cfg.solution_key)
     train_rows = data.load_rows(cfg.train_data, **load)
     eval_sets = {Path(src).stem: data.load_rows(src, **load)[: cfg.eval_limit or None]
                  for src in cfg.eval_data.split(",")}
@@ -459,7 +468,8 @@ def setup(cfg: Config, procs: Processes) -> SimpleNamespace:
     filler = rollout.select(rollout.pack([rollout.question_ids(tok, fits[0]["question"])],
                                          [[tok.eos_token_id]], tok.pad_token_id), [0])
     model, optimizer = procs.prepare(rollout.PolicyLogprobs(policy), optimizer, filler)
-    if procs.rank:  # each process samples its own groups with its own draws; process 0 = one process
+    # each process samples its own groups with its own draws; process 0 draws as one process does
+    if procs.rank:
         seed_all(cfg.seed + procs.rank)
 
     # split weights gather the model anew for each generation: no static cache by default
@@ -475,28 +485,42 @@ def setup(cfg: Config, procs: Processes) -> SimpleNamespace:
         critic = critique.HFCritic(policy, tok, max_new_tokens=cfg.critic_max_new_tokens, **gen_kw)
     elif cfg.critique_type == "cot" and cfg.critic_base_url:
         critic = critique.APICritic(cfg.critic_base_url, cfg.critic_api_model,
-                                    api_key_env=cfg.critic_api_key_env, max_tokens=cfg.critic_max_new_tokens)
+                                    api_key_env=cfg.critic_api_key_env,
+                                    max_tokens=cfg.critic_max_new_tokens)
     elif cfg.critique_type == "cot":
         cm, ctok = rollout.load_model_and_tokenizer(cfg.critic_model, **model_kw)
-        critic = critique.HFCritic(cm.eval(), ctok, max_new_tokens=cfg.critic_max_new_tokens, **gen_kw)
+        critic = critique.HFCritic(cm.eval(), ctok, max_new_tokens=cfg.critic_max_new_tokens,
+                                   **gen_kw)
+    if critic is not None:  # one tiny request: an endpoint that cannot answer stops the run here
+        critic.probe()
 
     run = SimpleNamespace(
         out=out, policy=policy, tok=tok, model=model, optimizer=optimizer, ref_model=ref_model,
         refiner=refiner, rtok=rtok, critic=critic, checker=AnswerChecker(), gen_kw=gen_kw,
         train_rows=fits, eval_sets=eval_sets, compute_kl=compute_kl, start=0, accuracy={},
         select_rng=random.Random(cfg.seed + procs.rank), critic_seen=Counter())
-    ckpt = procs.broadcast(latest_checkpoint(out)) if cfg.resume else None  # the main process's choice
+    # the main process's choice of checkpoint, on every process
+    ckpt = procs.broadcast(latest_checkpoint(out)) if cfg.resume else None
     if ckpt:
         run.start = procs.load(ckpt, policy, run.select_rng, cfg.lora)
         procs.log(f"resumed from {ckpt} at step {run.start}")
+        if procs.is_main:  # what a killed run wrote after its checkpoint is written again
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                keep_until_step(out / name, run.start)
     # a Ctrl-C checkpoint holds the last finished step and every process's RNG after it
     run.finished = {"step": run.start, "rngs": procs.gather([rng_state(run.select_rng)])}
     procs.catch_stop(lambda: save_last(procs, run))
     n_trainable = sum(getattr(p, "ds_numel", p.numel()) for p in procs.trainable)
-    procs.log(f"policy {cfg.model}: {n_trainable:,} trainable parameters; {len(fits)} train questions; "
-              "held-out " + " + ".join(f"{len(rows)} {name}" for name, rows in eval_sets.items()) +
+    procs.log(f"policy {cfg.model}: {n_trainable:,} trainable parameters; {len(fits)} train "
+              "questions; held-out " + " + ".join(f"{len(r)} {k}" for k, r in eval_sets.items()) +
               f"; critique_type={cfg.critique_type}; writing to {out}/")
     return run
+
+
+def keep_until_step(path: Path, step: int):
+    if path.exists():
+        lines = [x for x in path.read_text().splitlines(True) if json.loads(x)["step"] <= step]
+        path.write_text("".join(lines))
 
 
 def seed_all(seed: int):
@@ -522,11 +546,12 @@ def main(argv=None):
     cfg = parse_config(argv)
     procs = Processes(output_dir=cfg.output_dir, report_to=cfg.report_to,
                       dtype=rollout.choose_dtype(cfg.dtype)[0], max_grad_norm=cfg.max_grad_norm)
-    if procs.zero3:  # ZeRO-3 gathers the LM head at each call: one call per forward on every process
+    # ZeRO-3 gathers the LM head at each call: one call per forward on every process
+    if procs.zero3:
         cfg = dataclasses.replace(cfg, logprob_chunk=2**31)
     if procs.split and cfg.load_in_4bit:
-        raise SystemExit("error: --load_in_4bit runs under DDP (accelerate launch --multi_gpu), not with "
-                         "split weights")
+        raise SystemExit("error: --load_in_4bit runs under DDP (accelerate launch --multi_gpu), "
+                         "not with split weights")
     validate(cfg, procs.world)
     run = setup(cfg, procs)
     policy, tok, refiner, rtok, critic, checker = run.policy, run.tok, run.refiner, run.rtok, \
@@ -572,7 +597,8 @@ def main(argv=None):
             questions = [rows[i // n]["question"] for i in to_refine]
             critiques, fallbacks = critique.make_critiques(
                 cfg.critique_type, questions=questions, responses=[texts[i] for i in to_refine],
-                correct=[rewards[i] > 0 for i in to_refine], ground_truths=[answers[i] for i in to_refine],
+                correct=[rewards[i] > 0 for i in to_refine],
+                ground_truths=[answers[i] for i in to_refine],
                 references=[rows[i // n].get("solution") for i in to_refine], critic=critic,
                 tries=cfg.critic_tries) if to_refine else ([], 0)
             t["critique"] = time.perf_counter()
@@ -585,21 +611,25 @@ def main(argv=None):
                 for q, i, c in zip(questions, to_refine, critiques):
                     # the previous solution is cut so that prompt + refinement fit --max_context
                     bare = rollout.chat_ids(rtok, critique.refinement_prompt(q, "", c))
-                    previous, cut = critique.truncate_tokens(rtok, texts[i], max(room - len(bare), 0))
+                    previous, cut = critique.truncate_tokens(rtok, texts[i],
+                                                             max(room - len(bare), 0))
                     n_truncated += cut
-                    refine_prompts.append(rollout.chat_ids(rtok, critique.refinement_prompt(q, previous, c)))
-                refinements = rollout.generate(refiner, rtok, refine_prompts, desc="refine", **sampling) \
-                    if refine_prompts else []
-                if refiner is not policy:  # weak-to-strong: the refiner's text, in the policy's tokens
+                    prompt = critique.refinement_prompt(q, previous, c)
+                    refine_prompts.append(rollout.chat_ids(rtok, prompt))
+                refinements = rollout.generate(refiner, rtok, refine_prompts, desc="refine",
+                                               **sampling) if refine_prompts else []
+                # weak-to-strong: the refiner's text, in the policy's tokens
+                if refiner is not policy:
                     refinements = [policy_tokens(tok, text, R) for text in
                                    rtok.batch_decode(refinements, skip_special_tokens=True)]
-            refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) if refinements else []
+            refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) \
+                if refinements else []  # (batch_decode([]) is [''])
             refine_rewards = checker(refine_texts, [answers[i] for i in to_refine])
             t["refine"] = time.perf_counter()
 
-        # ---- 5. Select and mix: k refinements per group, trained as answers to the BARE question ----
-        mixed = critique.mix_groups(B, n, to_refine, refine_rewards, k, cfg.selection, cfg.group_mode,
-                                    run.select_rng)
+        # ---- 5. Select and mix: k refinements per group, trained as answers to the BARE question
+        mixed = critique.mix_groups(B, n, to_refine, refine_rewards, k, cfg.selection,
+                                    cfg.group_mode, run.select_rng)
         seqs = [Sequence(prompt_ids[g], refinements[i], refine_rewards[i], g, True) if off else
                 Sequence(prompt_ids[g], responses[i], rewards[i], g, False) for g, i, off in mixed]
 
@@ -633,22 +663,25 @@ def main(argv=None):
         first, last = min(run.accuracy), max(run.accuracy)
         procs.log("held-out accuracy: " + " | ".join(
             f"{name} step {first} {a:.4f} -> step {last} {run.accuracy[last][name]:.4f}"
-            for name, a in run.accuracy[first].items()) + f" | {time.perf_counter() - t_run:.0f}s wall")
-    return {s: next(iter(a.values())) for s, a in run.accuracy.items()}  # the headline set, per step
+            for name, a in run.accuracy[first].items()) +
+            f" | {time.perf_counter() - t_run:.0f}s wall")
+    # the headline (first) held-out set's accuracy, per evaluated step
+    return {s: next(iter(a.values())) for s, a in run.accuracy.items()}
 
 
 # ---------------------------------------------------------------------------------------------
 # Steps 7 and 8
 # ---------------------------------------------------------------------------------------------
 def update(cfg: Config, procs: Processes, run, seqs: list[Sequence], n_groups: int):
-    """Steps 7 and 8 on this process's n_groups groups: updates_per_batch optimizer steps, each on an
-    equal share of the groups. The loss constants (groups or sequences x R, or tokens) count over
+    """Steps 7 and 8 on this process's n_groups groups: updates_per_batch optimizer steps, each on
+    an equal share of the groups. The loss constants (groups or sequences x R, or tokens) count over
     all processes (procs.total), so N processes make the update one process makes.
     Returns this process's loss-term sums (and grad_norm, skipped) and off-policy health sums."""
     N, R, U, device = len(seqs), cfg.max_new_tokens, cfg.updates_per_batch, procs.device
     logp_kw = dict(temperature=cfg.temperature, chunk_tokens=cfg.logprob_chunk)
-    batch = rollout.pack([s.prompt for s in seqs], [s.response for s in seqs], run.tok.pad_token_id) \
-        if N else None                                           # prompts (P rows), responses (N, Rb)
+    # the distinct prompts (U, P), left-padded; responses (N, Rb), right-padded
+    batch = rollout.pack([s.prompt for s in seqs], [s.response for s in seqs],
+                         run.tok.pad_token_id) if N else None
     advantages = torch.tensor([s.advantage for s in seqs])                                   # (N,)
     off_policy = torch.tensor([s.off_policy for s in seqs], dtype=torch.bool)                # (N,)
     weights = torch.tensor([s.weight for s in seqs])                                         # (N,)
@@ -662,7 +695,7 @@ def update(cfg: Config, procs: Processes, run, seqs: list[Sequence], n_groups: i
                 out[idx, : lp.shape[1]] = lp.cpu()
         return out
     # pi_old: later mini-batches see a changed policy. pi_ref: the base model under the adapter, or
-    # the frozen copy (full fine-tuning). Split weights: on the policy gathered once, by every process
+    # the frozen copy (full fine-tuning). Split weights: on the policy gathered once, by everyone
     old_logp = ref_logp = None
     with procs.whole_weights(needed=U > 1 or (run.compute_kl and cfg.lora)):
         if U > 1 and N:
@@ -676,11 +709,12 @@ def update(cfg: Config, procs: Processes, run, seqs: list[Sequence], n_groups: i
     run.policy.train()
     sums, health = dict(loss=0.0, entropy=0.0, kl=0.0, grad_norm=0.0, skipped=0), Counter()
     for u in range(U):
-        # mini-batch u takes groups u, u + U, ...: each process's groups are consecutive in the step,
-        # so a mini-batch holds the same groups whatever the number of processes
+        # mini-batch u takes groups u, u + U, ...: each process's groups are consecutive in the
+        # step, so a mini-batch holds the same groups whatever the number of processes
         mine = [i for i, s in enumerate(seqs) if s.group % U == u]
         tokens = int(batch["response_mask"][mine].sum()) if mine else 0
-        groups_all, seqs_all, tokens_all = procs.total([len(range(u, n_groups, U)), len(mine), tokens])
+        groups_all, seqs_all, tokens_all = procs.total([len(range(u, n_groups, U)), len(mine),
+                                                        tokens])
         if not seqs_all:  # a baseline step with nothing to train on: no optimizer step
             sums["skipped"] += 1
             continue
@@ -691,7 +725,7 @@ def update(cfg: Config, procs: Processes, run, seqs: list[Sequence], n_groups: i
         micro_batches = rollout.micro_batches(batch, mine, cfg.micro_batch_tokens) if mine else []
         for idx in procs.passes(micro_batches, **logp_kw):
             micro = rollout.select(batch, idx, device)  # padding columns cut: r <= Rb
-            logp, ent = run.model(micro, **logp_kw)                                           # (n, r)
+            logp, ent = run.model(micro, **logp_kw)                                   # (n, r)
             r = logp.shape[1]
             # ratio 1 at theta_old: the first mini-batch's pi_old is the policy itself
             olp = logp.detach() if old_logp is None else old_logp[idx, :r].to(device)
@@ -722,7 +756,7 @@ def micro_batch_loss(logp, ent, mask, old_logp, ref_logp, advantages, off_policy
     the denominators are the whole mini-batch's.
         [Obj]      sum_t policy_loss * weight / denom     (a supervised baseline: token-mean -logp)
         entropy    sum_t H / n_tokens, a bonus
-        KL (k3)    sum_t kl / n_tokens, when a reference is given (logged; in the loss if kl_coef > 0)
+        KL (k3)    sum_t kl / n_tokens, given a reference (logged; in the loss if kl_coef > 0)
     """
     if cfg.baseline == "none":
         per_token = L.policy_loss(logp, old_logp, advantages, off_policy, clip_eps=cfg.clip_eps,
@@ -743,9 +777,11 @@ def micro_batch_loss(logp, ent, mask, old_logp, ref_logp, advantages, off_policy
 # Evaluation, checkpoints, metrics: one call before and one after each step
 # ---------------------------------------------------------------------------------------------
 def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
-    """Held-out accuracy when due (greedy; each process answers every world-th question), and a
-    checkpoint of the step just finished when due."""
-    if step == run.start or step == cfg.max_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+    """Held-out accuracy when due (at step 0, every eval_every steps and at the end; greedy; each
+    process answers every world-th question), and a checkpoint of the step just finished when
+    due."""
+    due = cfg.eval_every and step % cfg.eval_every == 0
+    if step == 0 or step == cfg.max_steps or due:
         t_eval = time.perf_counter()
         rows = [dict(r, set=name) for name, rows in run.eval_sets.items() for r in rows]
         with procs.whole_weights():
@@ -758,16 +794,19 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
         accuracy = run.accuracy[step] = {
             name: float(np.mean([r["correct"] for r in records if r["set"] == name]))
             for name in run.eval_sets}
-        procs.log(f"step {step:4d} | eval " + " | ".join(f"{name} {a:.4f}" for name, a in accuracy.items())
-                  + f" ({' + '.join(str(len(r)) for r in run.eval_sets.values())} held-out questions, "
-                  f"greedy) | {t_eval:.1f}s")
+        sizes = " + ".join(str(len(r)) for r in run.eval_sets.values())
+        scores = " | ".join(f"{name} {a:.4f}" for name, a in accuracy.items())
+        procs.log(f"step {step:4d} | eval {scores} ({sizes} held-out questions, greedy) | "
+                  f"{t_eval:.1f}s")
         metrics = {"step": step, "eval/accuracy": next(iter(accuracy.values())),
-                   **{f"eval/{name}/accuracy": a for name, a in accuracy.items()}, "time/eval": t_eval}
+                   **{f"eval/{name}/accuracy": a for name, a in accuracy.items()},
+                   "time/eval": t_eval}
         if procs.is_main:
             write_jsonl(run.out / f"eval-{step}.jsonl", records, mode="w")
             write_jsonl(run.out / "metrics.jsonl", [metrics])
         procs.track(metrics, step)
-    if step > run.start and (step == cfg.max_steps or (cfg.save_every and step % cfg.save_every == 0)):
+    due = cfg.save_every and step % cfg.save_every == 0
+    if step > run.start and (step == cfg.max_steps or due):
         path = run.out / f"checkpoint-{step}"
         with procs.deferred():
             procs.save(path, run.policy, step, run.finished["rngs"])
@@ -777,28 +816,30 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
 
 
 def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: dict, health: Counter,
-                *, rows, n, texts, rewards, to_refine, critiques, fallbacks, n_truncated, refinements,
-                refine_texts, refine_rewards, responses, seqs, trained):
+                *, rows, n, texts, rewards, to_refine, critiques, fallbacks, n_truncated,
+                refinements, refine_texts, refine_rewards, responses, seqs, trained):
     """After each step: its sums over all processes (times: the slowest's) as metrics.jsonl ratios,
     the console line, samples.jsonl, and the RNG state a Ctrl-C checkpoint would hold."""
     wrong = [j for j, i in enumerate(to_refine) if rewards[i] == 0]
     groups = Counter(s.group for s in seqs)
     rewards_of = {g: {s.reward for s in seqs if s.group == g} for g in groups}
     critic_now = Counter({f"critic/{k}": getattr(run.critic, k, 0)
-                          for k in ("calls", "tokens_in", "tokens_out")})
+                          for k in ("calls", "tokens_in", "tokens_out", "transport_failures")})
     phases = ["start", "sample", "verify", "critique", "refine", "update"]
     tot = Counter(procs.sum({
         "reward": sum(rewards), "samples": len(rewards), "groups": len(rows),
         "zero_adv_after": sum(len(r) == 1 for r in rewards_of.values()),
         "zero_adv_before": sum(len({rewards[i] for i in range(g * n, (g + 1) * n)}) == 1
                                for g in range(len(rows))),
-        "refine_reward": sum(refine_rewards), "refined": len(to_refine), "wrong_refined": len(wrong),
+        "refine_reward": sum(refine_rewards), "refined": len(to_refine),
+        "wrong_refined": len(wrong),
         "fixed": sum(refine_rewards[j] for j in wrong),
         "refine/groups": len({s.group for s in seqs if s.off_policy}),
         "refine/truncated": n_truncated, "critic/fallbacks": fallbacks,
         "verify/timeouts": run.checker.num_timeouts,
         **{k: critic_now[k] - run.critic_seen[k] for k in critic_now},
-        "response_tokens": sum(len(r) for r in responses), "refine_tokens": sum(len(r) for r in refinements),
+        "response_tokens": sum(len(r) for r in responses),
+        "refine_tokens": sum(len(r) for r in refinements),
         "examples": len(trained), "example_tokens": sum(len(s.response) for s in trained),
         **{k: sums[k] for k in ("loss", "entropy", "kl")}, **health,
         **{f"time/{b}": t[b] - t[a] for a, b in zip(phases, phases[1:])},
@@ -809,15 +850,25 @@ def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: di
         write_jsonl(run.out / "metrics.jsonl", [m])
     procs.track(m, step)
     if cfg.baseline != "none" and not tot["examples"]:
-        procs.log(f"step {step}: --baseline {cfg.baseline} has nothing to train on; no optimizer step")
+        procs.log(f"step {step}: --baseline {cfg.baseline} has nothing to train on; "
+                  "no optimizer step")
     refined = not math.isnan(m["refine/reward"])  # nan: no group needed a refinement this step
     procs.log(f"step {step:4d} | reward {m['train/reward']:.3f} | " +
               (f"refine {m['refine/reward']:.3f} fix {m['refine/fix_rate']:.3f}" if refined
                else f"{'no refinement':22s}") +
-              f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->{m['train/zero_adv_frac_after']:.2f}"
-              f" | loss {m['loss']:+.4f} | gnorm {m['grad_norm']:.3f} | ent {m['train/entropy']:.3f}"
+              f" | zero_adv {m['train/zero_adv_frac_before']:.2f}->"
+              f"{m['train/zero_adv_frac_after']:.2f} | loss {m['loss']:+.4f}"
+              f" | gnorm {m['grad_norm']:.3f} | ent {m['train/entropy']:.3f}"
               f" | len {m['train/response_len']:.0f} | "
-              f"{sum(v for k, v in m.items() if k.startswith('time/')):.1f}s")
+              f"{sum(v for k, v in m.items() if k.startswith('time/')):.1f}s" +
+              (f" | critic failed {m['critic/transport_failures']} requests"
+               if m["critic/transport_failures"] else ""))
+    if m["critic/transport_failures"] and not m["critic/calls"] and not cfg.allow_critic_failures:
+        raise SystemExit(
+            f"error: step {step}: no critique arrived from the critic "
+            f"({getattr(run.critic, 'last_error', '')}); stopping rather than training on "
+            "ground-truth critiques under the name of this arm. Fix the critic and --resume (from "
+            "the last checkpoint), or pass --allow_critic_failures")
     if cfg.samples_every and step % cfg.samples_every == 0:
         records = [{"step": step, "question": rows[i // n]["question"], "response": texts[i],
                     "reward": rewards[i]} for i in range(len(texts))]
@@ -831,18 +882,19 @@ def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: di
 
 
 def step_metrics(tot: Counter, sums: dict, cfg: Config, compute_kl: bool) -> dict:
-    """A step's metrics.jsonl values from its sums over all processes (`tot`) and update()'s grad_norm
-    and skipped steps: ratios of sums, so they do not depend on how groups were split."""
+    """A step's metrics.jsonl values from its sums over all processes (`tot`) and update()'s
+    grad_norm and skipped steps: ratios of sums, so they do not depend on how groups were split."""
     def ratio(a, b):
         return tot[a] / tot[b] if tot[b] else float("nan")
     U = cfg.updates_per_batch
-    counts = ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts", "critic/calls",
-              "critic/tokens_in", "critic/tokens_out")
+    counts = ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts",
+              "critic/calls", "critic/tokens_in", "critic/tokens_out", "critic/transport_failures")
     return {
         "train/reward": ratio("reward", "samples"),
         "train/zero_adv_frac_before": ratio("zero_adv_before", "groups"),
         "train/zero_adv_frac_after": ratio("zero_adv_after", "groups"),
-        "refine/reward": ratio("refine_reward", "refined"), "refine/fix_rate": ratio("fixed", "wrong_refined"),
+        "refine/reward": ratio("refine_reward", "refined"),
+        "refine/fix_rate": ratio("fixed", "wrong_refined"),
         "refine/count": int(tot["refined"]),
         **{key: int(tot[key]) for key in counts},
         **{f"offpolicy/{name}": ratio(key, "off_tokens") for name, key in

@@ -177,3 +177,34 @@ def test_html_report_renders_in_headless_chromium(hand_grid, tmp_path):
     subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                     f"--screenshot={shot}", "--window-size=1280,1600", page.as_uri()], capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_runs_whose_critiques_fell_back_are_marked(hand_grid):
+    """x's seed 1 logged 4 refinements a step, 1 of whose critiques fell back (its request failed):
+    25 % per run, marked in the Markdown and the HTML table; ref logged none that fell back."""
+    def log(arm, seed, **counts):
+        path = hand_grid / arm / f"seed{seed}" / "metrics.jsonl"
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**m, **counts} if "train/reward" in m else m) + "\n"
+                                for m in metrics))
+    log("x", 1, **{"refine/count": 4, "critic/fallbacks": 1, "critic/transport_failures": 1})
+    log("x", 0, **{"refine/count": 4, "critic/fallbacks": 0})
+    log("ref", 0, **{"refine/count": 4, "critic/fallbacks": 0, "critic/transport_failures": 0})
+    report.main([str(hand_grid), "--ref", "ref"])
+    md = (hand_grid / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| x"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "x ⚠" and cells[-1] == "seed 1: 25.0 % fell back, 25.0 % transport failures"
+    assert next(line for line in md.splitlines() if line.startswith("| ref |")).endswith("| – |")
+    assert report.FALLBACK_NOTE in md
+    page = (hand_grid / "report" / "report.html").read_text()
+    assert ('<tr class="fallback"><td>x ⚠</td>' in page
+            and "<td>seed 1: 25.0 % fell back, 25.0 % transport failures</td></tr>" in page)
+    assert "<tr><td>ref</td>" in page
+
+
+def test_a_run_without_refinement_counts_still_shows_its_fallbacks():
+    run = {"metrics": [{"step": 1, "critic/fallbacks": 2}, {"step": 2, "critic/fallbacks": 1},
+                       {"step": 2, "eval/accuracy": 0.5}]}
+    assert report.fallbacks(run) == (3, 0, 0)
+    assert report.fallback_note({0: {"metrics": []}, 3: run}) == "seed 3: 3 fell back"

@@ -2,7 +2,9 @@
 against a real HTTP server on 127.0.0.1."""
 import json
 import random
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -92,16 +94,24 @@ def test_truncate_tokens(tok):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    script: list = []  # what to answer, one entry per request: an HTTP status or a critique text
+    # what to answer, one entry per request: an HTTP status, (status, JSON error body), a critique
+    # text, "GARBAGE" (200 and not JSON) or "SLOW" (nothing for 1 s)
+    script: list = []
     seen: list = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Handler.seen.append((self.headers.get("Authorization"), body))
         what = _Handler.script.pop(0) if _Handler.script else 500
-        if isinstance(what, int):
-            self.send_response(what)
+        if what == "SLOW":
+            time.sleep(1.0)
+            return
+        if isinstance(what, (int, tuple)):
+            status, error = what if isinstance(what, tuple) else (what, None)
+            self.send_response(status)
             self.end_headers()
+            if error is not None:
+                self.wfile.write(json.dumps(error).encode())
             return
         payload = b"not json" if what == "GARBAGE" else json.dumps(
             {"choices": [{"message": {"content": what}}], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode()
@@ -131,7 +141,7 @@ def test_api_critic_retries_then_succeeds(server, monkeypatch):
     auth, body = _Handler.seen[-1]
     assert auth == "Bearer sk-secret" and body["model"] == "gpt-4o" and body["temperature"] == 0.7
     assert body["top_p"] == 0.75 and body["messages"][0]["content"] == C.CRITIC_SYSTEM_PROMPT
-    assert critic.num_failures == 0 and "sk-secret" not in repr(vars(critic))
+    assert critic.transport_failures == 0 and "sk-secret" not in repr(vars(critic))
     assert (critic.calls, critic.tokens_in, critic.tokens_out) == (1, 11, 7)  # from the endpoint's "usage"
 
 
@@ -141,4 +151,51 @@ def test_api_critic_failure_falls_back_to_ground_truth(server):
     out, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False], ground_truths=["5"],
                                       references=[None], critic=critic, tries=2)
     assert out == ["The generated solution is incorrect, the ground truth is 5."] and fallbacks == 1
-    assert critic.num_failures == 2 and len(_Handler.seen) == 6
+    assert critic.transport_failures == 2 and len(_Handler.seen) == 6
+    assert critic.last_error == "HTTP 500 Internal Server Error"
+
+
+def test_disagreeing_critiques_fall_back_without_transport_failures(server):
+    """The critic answers every time but never concludes 'wrong': a content fallback, not a
+    transport failure, so a run can tell a bad critic from an unreachable one."""
+    _Handler.script = ["Looks right to me. Conclusion: right"] * 2
+    critic = C.APICritic(server, "m", retries=3, backoff=0.01, concurrency=1)
+    _, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False],
+                                    ground_truths=["5"], references=[None], critic=critic, tries=2)
+    assert fallbacks == 1 and critic.transport_failures == 0 and critic.calls == 2
+
+
+def _closed_port_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here: connection refused
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.mark.parametrize("answer,said", [
+    ("Hi", None),  # reachable: probe returns
+    ((401, {"error": {"message": "Incorrect API key provided: sk-abc123.\nSee the docs."}}),
+     "HTTP 401 Unauthorized: Incorrect API key provided: sk-*** See the docs."),
+    ((404, {"error": "no such route"}), "HTTP 404 Not Found"),
+    (500, "HTTP 500 Internal Server Error"),
+    ("SLOW", "timed out after 0.3 s"),
+    ("GARBAGE", "an answer that is not a chat completion"),
+    ("REFUSED", "connection refused"),
+])
+def test_probe_says_in_one_line_why_the_endpoint_cannot_be_reached(server, answer, said):
+    url = _closed_port_url() if answer == "REFUSED" else server
+    _Handler.script = [answer]
+    critic = C.APICritic(url, "gpt-4o", retries=3, backoff=0.01, timeout=0.3, max_tokens=4096)
+    if said is None:
+        critic.probe()
+    else:
+        with pytest.raises(SystemExit) as e:
+            critic.probe()
+        assert str(e.value) == ("error: the critic endpoint "
+                                f"{url}/chat/completions cannot be reached: {said}")
+    # one request (none reached the server when refused), a tiny one with the run's other settings
+    bodies = [body for _, body in _Handler.seen]
+    assert bodies == [] if answer == "REFUSED" else (
+        len(bodies) == 1 and bodies[0]["max_tokens"] == 1 and bodies[0]["temperature"] == 0.7)
+    assert critic.transport_failures == 0 and critic.calls == 0  # a probe is not a critique

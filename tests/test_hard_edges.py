@@ -137,13 +137,15 @@ def test_api_critic_connection_refused_and_timeout_fall_back():
     srv = HTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        for url in (f"http://127.0.0.1:{closed_port}/v1", f"http://127.0.0.1:{srv.server_port}/v1"):
+        for url, why in ((f"http://127.0.0.1:{closed_port}/v1", "connection refused"),
+                         (f"http://127.0.0.1:{srv.server_port}/v1", "timed out after 0.3 s")):
             critic = C.APICritic(url, "m", retries=2, backoff=0.01, timeout=0.3, concurrency=1)
             t0 = time.monotonic()
             out, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False],
                                               ground_truths=["5"], references=[None], critic=critic, tries=1)
             assert out == ["The generated solution is incorrect, the ground truth is 5."] and fallbacks == 1
-            assert critic.num_failures == 1 and time.monotonic() - t0 < 5
+            assert critic.transport_failures == 1 and critic.last_error == why
+            assert time.monotonic() - t0 < 5
     finally:
         srv.shutdown()
 
@@ -198,3 +200,221 @@ def test_a_signal_inside_a_deferred_block_waits_for_its_end(tmp_path):
         assert done == ["update finished"]
     finally:
         procs.release()
+
+
+def _checker_workers(pid: int) -> list:
+    """The answer checker's workers among process `pid`'s children (by AnswerChecker._spawn's
+    command line)."""
+    import psutil
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "evaluate._worker(" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # it ended meanwhile
+            pass
+    return found
+
+
+def _running(procs: list) -> list:
+    """Those of `procs` still running (a zombie runs nothing: it waits to be reaped)."""
+    import psutil
+    alive = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_for(condition, timeout: float, what: str, proc=None, log: Path | None = None):
+    """Poll `condition` until it returns something true (returned) or `timeout` s pass (a failure);
+    `proc` ending first is a failure too, with the end of its `log`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:]
+            pytest.fail(f"it ended (exit {proc.returncode}) before any {what}:\n{tail}")
+        time.sleep(0.05)
+    pytest.fail(f"no {what} within {timeout:.0f} s")
+
+
+def _sigkill_and_expect_no_process_left(proc):
+    """SIGKILL `proc` and poll for 5 s: each process below it must have ended (checker workers end
+    by PR_SET_PDEATHSIG, or else by noticing that their parent changed). Returns the seconds that
+    took."""
+    import psutil
+    below = psutil.Process(proc.pid).children(recursive=True)
+    assert below
+    proc.kill()
+    proc.wait()
+    t0 = time.monotonic()
+    try:
+        _wait_for(lambda: not _running(below), 5.0, "end of every process below the killed one")
+    finally:
+        for p in _running(below):  # only on failure: do not leave them behind for the next test
+            p.kill()
+    return time.monotonic() - t0
+
+
+def test_sigkill_of_the_trainer_leaves_no_checker_worker(tmp_path, tiny_model_dir, tiny_data):
+    """A trainer killed with SIGKILL (no handler runs) leaves no answer-checker worker behind, and a
+    worker is a small process of its own, not a copy of the trainer (it was forked before)."""
+    import psutil
+    args = ["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1],
+            "--eval_limit", "2", "--max_new_tokens", "12", "--prompts_per_step", "2",
+            "--n_init", "4", "--lr", "1e-2", "--eval_every", "0", "--save_every", "0",
+            "--dtype", "float32",
+            "--max_steps", "50", "--output_dir", str(tmp_path / "killed")]
+    log = tmp_path / "train.log"
+    # stderr apart: workers write there too, and only the trainer's own lines mean it went on
+    with open(log, "w") as out, open(tmp_path / "train.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
+                                stdout=out, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        workers = _wait_for(lambda: _checker_workers(proc.pid), 300, "checker workers", proc, log)
+        # the checker waits for its workers to be ready (math-verify imported) before it returns:
+        # a line the trainer prints after they appeared means they are ready, at their full size
+        printed = len(log.read_text().splitlines())
+        _wait_for(lambda: len(log.read_text().splitlines()) > printed, 300,
+                  "line printed after the workers started", proc, log)
+        trainer_rss = psutil.Process(proc.pid).memory_info().rss
+        worker_rss = [w.memory_info().rss for w in workers]
+        took = _sigkill_and_expect_no_process_left(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert max(worker_rss) < trainer_rss / 3, (worker_rss, trainer_rss)
+    print(f"workers gone {took:.2f} s after the SIGKILL; RSS: worker {max(worker_rss) >> 20} MiB, "
+          f"trainer {trainer_rss >> 20} MiB")
+
+
+def test_sigkill_of_evaluate_leaves_no_checker_worker_even_inside_a_check(tmp_path, tiny_data):
+    """evaluate.py re-grading answers that each keep math-verify busy for seconds (a tower of
+    powers, until math-verify's own 5 s limit): killed with SIGKILL while its workers are inside
+    checks, where they read nothing from their parent, it leaves no worker behind."""
+    rows = [json.loads(line) for line in open(tiny_data[1])]
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text("".join(json.dumps({"index": i, "response": r"\boxed{9^{9^{9^{9}}}}"}) + "\n"
+                             for i in range(len(rows))))
+    log = tmp_path / "evaluate.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "evaluate.py"), "--data", tiny_data[1],
+                                 "--predictions", str(preds), "--output_dir", str(tmp_path / "ev")],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        workers = _wait_for(lambda: _checker_workers(proc.pid), 120, "checker workers", proc, log)
+        # start-up (imports, a warm-up check) takes ~0.5 s of CPU: past 1.5 s a worker is checking
+        _wait_for(lambda: any(sum(w.cpu_times()[:2]) > 1.5 for w in _running(workers)), 60,
+                  "worker inside a check", proc, log)
+        _sigkill_and_expect_no_process_left(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_checker_worker_ignores_ctrl_c():
+    """Ctrl-C reaches the whole process group: a worker must not die of it (the trainer handles it,
+    then its workers end with it), so the same worker checks on afterwards."""
+    from evaluate import AnswerChecker
+    c = AnswerChecker(num_workers=1)
+    try:
+        assert c([r"\boxed{0.5}"], [r"\frac{1}{2}"]) == [1.0]  # starts the worker
+        worker = c._workers[0][0]
+        os.kill(worker.pid, signal.SIGINT)
+        assert c([r"\boxed{0.25}"], [r"\frac{1}{4}"]) == [1.0]
+        assert c._workers[0][0] is worker and worker.poll() is None
+    finally:
+        c.close()
+
+
+def test_a_checker_worker_killed_while_idle_is_replaced():
+    from evaluate import AnswerChecker
+    c = AnswerChecker(num_workers=1)
+    try:
+        assert c([r"\boxed{0.5}"], [r"\frac{1}{2}"]) == [1.0]  # starts the worker
+        first = c._workers[0][0]
+        first.kill()
+        first.wait()
+        assert c([r"\boxed{0.25}"], [r"\frac{1}{4}"]) == [1.0] and c._workers[0][0] is not first
+        assert c.num_timeouts == 0
+    finally:
+        c.close()
+
+
+def test_a_kill_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, tiny_data):
+    """SIGKILL (what an out-of-memory kill sends) while sampling, inside an update, and while a checkpoint
+    is being written, at points the code reaches deterministically (processes.kill_point), resuming after
+    each: the run ends with the metrics, evaluations, samples and adapter of a run never interrupted."""
+    args = ["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1],
+            "--eval_limit", "2", "--max_new_tokens", "12", "--prompts_per_step", "2", "--n_init", "4",
+            "--lr", "1e-2", "--eval_every", "0", "--save_every", "1", "--samples_every", "1",
+            "--dtype", "float32", "--max_steps", "3", "--refine_scope", "all"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # float sums in one order in every process
+
+    def train_py(out, *extra, kill=None):
+        return subprocess.run([sys.executable, "train.py", *args, "--output_dir", str(out), *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**env, "CRITIQUE_GRPO_KILL_AT": kill} if kill else env)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train_py(straight).returncode == 0
+    # the 3rd generation is step 2's sampling (after the step-0 evaluation and step 1's sampling); a
+    # resumed process counts from 1 again: its first update and its first checkpoint are step 2's
+    for i, kill in enumerate(["generate:3", "update:1", "checkpoint:1"]):
+        p = train_py(killed, *(["--resume"] if i else []), kill=kill)
+        assert p.returncode == -signal.SIGKILL, (kill, p.stdout[-2000:], p.stderr[-2000:])
+        assert train.latest_checkpoint(killed).name == "checkpoint-1", kill  # never a half one
+    assert (killed / "checkpoint-2.tmp").exists()  # the last kill was inside the checkpoint write
+    p = train_py(killed, "--resume")
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-2000:]
+
+    def lines(path):
+        return [{k: v for k, v in json.loads(x).items() if not k.startswith("time/") and k != "tokens_per_s"}
+                for x in open(path)]
+    for name in ("metrics.jsonl", "samples.jsonl", "eval-0.jsonl", "eval-3.jsonl"):
+        assert lines(killed / name) == lines(straight / name), name
+    from safetensors.torch import load_file
+    a = load_file(straight / "checkpoint-3" / "adapter_model.safetensors")
+    b = load_file(killed / "checkpoint-3" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_cot_run_stops_when_its_critic_cannot_answer(tmp_path, tiny_model_dir, tiny_data, capsys):
+    """A run is the arm its name says: an endpoint that cannot be reached stops the run before step 1 with
+    one line; one that stops answering mid-run stops it at the first step whose critiques all failed, unless
+    --allow_critic_failures, and then every failure is counted and shown."""
+    import socket
+    import threading
+    from http.server import HTTPServer
+
+    from test_critique import _Handler
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    s.close()
+    cot = ["--critique_type", "cot", "--refine_scope", "all", "--critic_tries", "1"]
+    with pytest.raises(SystemExit, match="^error: the critic endpoint .* cannot be reached: connection refused"):
+        run(tmp_path, tiny_model_dir, tiny_data, "closed", "--max_steps", "1", *cot, "--critic_base_url", closed)
+    srv = HTTPServer(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_port}/v1"
+    try:
+        _Handler.script = ["OK"]  # the probe is answered, then every request gets HTTP 500
+        with pytest.raises(SystemExit, match="step 1: no critique arrived from the critic .HTTP 500"):
+            run(tmp_path, tiny_model_dir, tiny_data, "dies", "--max_steps", "2", *cot, "--critic_base_url", url)
+        _Handler.script = ["OK"]
+        capsys.readouterr()
+        _, metrics = run(tmp_path, tiny_model_dir, tiny_data, "allowed", "--max_steps", "1", *cot,
+                         "--critic_base_url", url, "--allow_critic_failures")
+        step = next(m for m in metrics if "loss" in m)
+        assert step["critic/transport_failures"] == step["critic/fallbacks"] > 0 and step["critic/calls"] == 0
+        assert f"critic failed {step['critic/transport_failures']} requests" in capsys.readouterr().out
+    finally:
+        srv.shutdown()

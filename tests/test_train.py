@@ -159,6 +159,53 @@ def test_bad_flags_fail_before_loading_a_model(argv, message):
     assert message in str(e.value)
 
 
+BAD_VALUES = [("--lr", "-1", "--lr -1.0 must be > 0"), ("--lr", "0", "--lr 0.0 must be > 0"),
+              ("--lr", "nan", "--lr nan must be > 0"), ("--top_p", "1.5", "--top_p 1.5 must be <= 1"),
+              ("--top_p", "0", "--top_p 0.0 must be > 0"), ("--clip_eps", "0", "--clip_eps 0.0 must be > 0"),
+              ("--gamma", "-0.1", "--gamma -0.1 must be > 0"), ("--temperature", "-1", "must be >= 0 (0 = greedy)"),
+              ("--max_grad_norm", "0", "--max_grad_norm 0.0 must be > 0"),
+              ("--weight_decay", "-1", "--weight_decay -1.0 must be >= 0"),
+              ("--kl_coef", "-0.1", "--kl_coef -0.1 must be >= 0"),
+              ("--entropy_coef", "-1", "--entropy_coef -1.0 must be >= 0"),
+              ("--prompts_per_step", "0", "--prompts_per_step 0 must be >= 1"),
+              ("--n_init", "0", "--n_init 0 must be >= 1"), ("--n_refine", "-1", "--n_refine -1 must be >= 0"),
+              ("--n_refine", "8", "--n_refine 8 must be >= 0 and < --n_init 8"),
+              ("--max_new_tokens", "0", "--max_new_tokens 0 must be >= 1"),
+              ("--max_new_tokens", "2000", "leaves no room for a prompt in --max_context 1024"),
+              ("--micro_batch_tokens", "0", "must be >= 1"), ("--logprob_chunk", "0", "must be >= 1"),
+              ("--max_steps", "0", "--max_steps 0 must be >= 1"), ("--updates_per_batch", "0", "must be >= 1"),
+              ("--updates_per_batch", "3", "must be divisible by 1 processes x --updates_per_batch 3"),
+              ("--lora_r", "0", "--lora_r 0 must be >= 1"), ("--lora_alpha", "0", "--lora_alpha 0 must be > 0"),
+              ("--critic_tries", "0", "must be >= 1"), ("--critic_max_new_tokens", "0", "must be >= 1"),
+              ("--gen_batch_size", "-1", "(0 = by free memory)"), ("--eval_limit", "-1", "must be >= 0"),
+              ("--eval_every", "-1", "must be >= 0"), ("--save_every", "-1", "must be >= 0"),
+              ("--samples_every", "-1", "must be >= 0")]
+
+
+@pytest.mark.parametrize("flag,value,message", BAD_VALUES)
+def test_every_number_is_range_checked(flag, value, message):
+    with pytest.raises(SystemExit) as e:
+        train.validate(train.parse_config([flag, value]))
+    assert message in str(e.value) and str(e.value).startswith("error: ")
+
+
+def test_bad_values_are_all_reported_at_once_before_anything_loads(tmp_path):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "train.py", "--lr", "-1", "--top_p", "2", "--n_init", "0", "--model",
+                        str(tmp_path / "no_model_here"), "--output_dir", str(tmp_path / "out")],
+                       cwd=train.Path(train.__file__).parent, capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert [x.split()[0] for x in p.stderr.strip().splitlines()] == ["error:", "--n_init", "--top_p", "--n_refine"]
+    assert not (tmp_path / "out").exists()  # nothing was made, no model looked for
+    # argparse's own errors: one line and a pointer to --help, not the whole usage
+    p = subprocess.run([sys.executable, "train.py", "--critique_type", "banana"],
+                       cwd=train.Path(train.__file__).parent, capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: argument --critique_type: invalid choice: 'banana' (choose from 'none', 'indicative', "
+        "'indicative_gt', 'cot', 'self', 'expert') (see python train.py --help)"]
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, tiny_model_dir, tiny_data):
     run(tmp_path, tiny_model_dir, tiny_data, "once", "--max_steps", "1")
     with pytest.raises(SystemExit, match="already holds a run"):
