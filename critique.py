@@ -1,12 +1,13 @@
-"""Critiques (step 3 of the method), the refinement prompt (step 4), refinement selection and mixing (step 5).
+"""Critiques (step 3 of the method), the refinement prompt (step 4), refinement selection and
+mixing (step 5).
 
 Critique types:
-    indicative     "The generated solution is correct." / "... is incorrect."
-    indicative_gt  the same, ending ", the ground truth is {answer}."
-    cot            a critic model compares a wrong response with the reference solution step by step,
-                   ending with "Conclusion: wrong [END]"; correct responses get indicative_gt
-    self           cot, with the policy itself as the critic
-    expert         no critique: the reference solution joins the group instead (LUFFY-style baseline)
+  indicative     "The generated solution is correct." / "... is incorrect."
+  indicative_gt  the same, ending ", the ground truth is {answer}."
+  cot            a critic model compares a wrong response with the reference solution step by step,
+                 ending with "Conclusion: wrong [END]"; correct responses get indicative_gt
+  self           cot, with the policy itself as the critic
+  expert         no critique: the reference solution joins the group instead (LUFFY-style baseline)
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 _REQUEST_ERRORS = (OSError, http.client.HTTPException, ValueError, KeyError, IndexError, TypeError)
 
 CRITIC_SYSTEM_PROMPT = (
-    "You are a science expert. Analyze a student's incorrect solution by comparing it with the correct solution. "
-    "Identify any errors and provide a detailed step-by-step explanation of mistakes. "
-    "Conclude with: 'Conclusion: wrong [END]'")
+    "You are a science expert. Analyze a student's incorrect solution by comparing it with the "
+    "correct solution. Identify any errors and provide a detailed step-by-step explanation of "
+    "mistakes. Conclude with: 'Conclusion: wrong [END]'")
 CRITIC_USER_TEMPLATE = ("**Question:** {question}\n\n**Student's Answer:** \n{answer}\n\n"
                         "**Correct Solution:** \n{reference}\n\n**Critique:**")
 REFINE_TEMPLATE = """Given the following inputs:
@@ -49,7 +50,8 @@ def indicative(correct: bool) -> str:
 
 
 def indicative_gt(correct: bool, ground_truth: str) -> str:
-    return f"The generated solution is {'correct' if correct else 'incorrect'}, the ground truth is {ground_truth}."
+    return (f"The generated solution is {'correct' if correct else 'incorrect'}, "
+            f"the ground truth is {ground_truth}.")
 
 
 def reference_or_answer(reference: str | None, ground_truth: str) -> str:
@@ -58,14 +60,13 @@ def reference_or_answer(reference: str | None, ground_truth: str) -> str:
 
 
 def critic_messages(question: str, answer: str, reference: str) -> list[dict]:
-    return [{"role": "system", "content": CRITIC_SYSTEM_PROMPT},
-            {"role": "user", "content": CRITIC_USER_TEMPLATE.format(question=question, answer=answer,
-                                                                    reference=reference)}]
+    user = CRITIC_USER_TEMPLATE.format(question=question, answer=answer, reference=reference)
+    return [{"role": "system", "content": CRITIC_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def verdict_agrees(critique: str | None) -> bool:
-    """The critic only sees wrong responses; a critique that does not conclude 'wrong' disagrees with
-    the verifier and is regenerated (the paper's filter)."""
+    """The critic only sees wrong responses; a critique that does not conclude 'wrong' disagrees
+    with the verifier and is regenerated (the paper's filter)."""
     return critique is not None and "conclusion: wrong" in critique.lower()
 
 
@@ -95,7 +96,8 @@ class HFCritic:
                  top_p: float = 0.75, **gen_kw):
         """gen_kw: rollout.generate's batch_size / merge_lora / static_cache."""
         self.model, self.tokenizer = model, tokenizer
-        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, **gen_kw)
+        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       **gen_kw)
         self.calls = self.tokens_in = self.tokens_out = 0
         self.transport_failures = 0  # a local model has no transport: always 0
 
@@ -104,7 +106,8 @@ class HFCritic:
 
     def __call__(self, conversations: list[list[dict]]) -> list[str | None]:
         import rollout
-        prompts = [rollout.chat_ids(self.tokenizer, c[-1]["content"], system=c[0]["content"]) for c in conversations]
+        prompts = [rollout.chat_ids(self.tokenizer, c[-1]["content"], system=c[0]["content"])
+                   for c in conversations]
         out = rollout.generate(self.model, self.tokenizer, prompts, desc="critique", **self.kw)
         self.calls += len(prompts)
         self.tokens_in += sum(map(len, prompts))
@@ -116,16 +119,17 @@ class APICritic:
     """Any OpenAI-compatible chat endpoint (`{base_url}/chat/completions`). The key is read from the
     environment variable named by `api_key_env` and never stored in the config, logs or samples."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", max_tokens: int = 4096,
-                 temperature: float = 0.7, top_p: float = 0.75, timeout: float = 60.0, retries: int = 3,
-                 backoff: float = 1.0, concurrency: int = 8):
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+                 max_tokens: int = 4096, temperature: float = 0.7, top_p: float = 0.75,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 1.0,
+                 concurrency: int = 8):
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env = model, api_key_env
+        self.model, self.api_key_env, self.concurrency = model, api_key_env, concurrency
         self.body = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
-        self.timeout, self.retries, self.backoff, self.concurrency = timeout, retries, backoff, concurrency
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
         # requests that got no critique after every retry, and what answered the last of them
         self.transport_failures, self.last_error = 0, ""
-        self.calls = self.tokens_in = self.tokens_out = 0  # tokens as the endpoint's "usage" reports them
+        self.calls = self.tokens_in = self.tokens_out = 0  # tokens as the endpoint's "usage" says
         self._lock = threading.Lock()  # the counters are updated from `concurrency` threads
 
     def _post(self, body: dict) -> dict:
@@ -203,9 +207,9 @@ class APICritic:
             return list(pool.map(self._one, conversations))
 
 
-def make_critiques(critique_type: str, *, questions: list[str], responses: list[str], correct: list[bool],
-                   ground_truths: list[str], references: list[str | None], critic=None,
-                   tries: int = 3) -> tuple[list[str], int]:
+def make_critiques(critique_type: str, *, questions: list[str], responses: list[str],
+                   correct: list[bool], ground_truths: list[str], references: list[str | None],
+                   critic=None, tries: int = 3) -> tuple[list[str], int]:
     """One critique per response. Returns (critiques, number of CoT critiques that fell back to the
     ground-truth critique after `tries` attempts that failed or disagreed with the verifier).
     Requests that failed outright are counted apart in the critic's `transport_failures`."""
@@ -248,21 +252,23 @@ def select_refinements(rewards: list[float], k: int, mode: str, rng: random.Rand
     return (correct + rest)[:k]
 
 
-def mix_groups(n_groups: int, group_size: int, refined: list[int], refine_rewards: list[float], k: int,
-               selection: str, group_mode: str, rng: random.Random) -> list[tuple[int, int, bool]]:
-    """Step 5: which sequences each group trains on. Initial response i belongs to group i // group_size;
-    refinement j refines initial response refined[j]. Per group, select_refinements picks up to k of its
-    refinements; append mode keeps every initial response and adds them (the paper: 7 + 1), replace mode
-    drops the group's first len(chosen) initial responses for them (the release: 8 with slot 0 overwritten).
+def mix_groups(n_groups: int, group_size: int, refined: list[int], refine_rewards: list[float],
+               k: int, selection: str, group_mode: str,
+               rng: random.Random) -> list[tuple[int, int, bool]]:
+    """Step 5: which sequences each group trains on. Initial response i belongs to group
+    i // group_size; refinement j refines initial response refined[j]. Per group, select_refinements
+    picks up to k of its refinements; append mode keeps every initial response and adds them (the
+    paper: 7 + 1), replace mode drops the group's first len(chosen) initial responses for them (the
+    release: 8 with slot 0 overwritten).
 
-    Returns (group, index, off_policy) per training sequence, group by group: index is into the initial
-    responses when off_policy is False, into the refinements when it is True."""
+    Returns (group, index, off_policy) per training sequence, group by group: index is into the
+    initial responses when off_policy is False, into the refinements when it is True."""
     out = []
     for g in range(n_groups):
         members = list(range(g * group_size, (g + 1) * group_size))
         candidates = [j for j, i in enumerate(refined) if i in members]  # this group's refinements
-        chosen = [candidates[c] for c in select_refinements([refine_rewards[j] for j in candidates], k,
-                                                            selection, rng)] if candidates else []
+        chosen = [candidates[c] for c in select_refinements(
+            [refine_rewards[j] for j in candidates], k, selection, rng)] if candidates else []
         keep = members[len(chosen):] if group_mode == "replace" else members
         out += [(g, i, False) for i in keep] + [(g, j, True) for j in chosen]
     return out

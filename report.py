@@ -2,6 +2,7 @@
 
     python report.py runs/grid                       # -> runs/grid/report/{report.md, curves.png, report.html}
     python report.py runs/grid_a runs/grid_b --ref dr_grpo --out runs/report
+    python report.py --headline docs/results_seeds.json --plot docs/headline.png  # the headline
 
 Table (one per held-out set): each arm's final accuracy as mean +- std over seeds, and its difference
 to the reference arm with a 95 % interval from a paired bootstrap: seeds and questions are resampled
@@ -9,7 +10,12 @@ together (the same seed and question for both arms), so the interval covers both
 If the interval excludes 0 the difference is a verdict; if not, the grid cannot tell the arms apart.
 Runs without DONE (unfinished) are left out. The HTML file needs no server and no network.
 An arm with runs whose critiques fell back to the ground-truth critique is marked ⚠, with the
-fraction per run: such an arm mixes in another critique type.
+fraction per run: such an arm mixes in another critique type. Curves: held-out accuracy is drawn
+as markers at the evaluated steps; a panel with nothing to show is left out, and the figure says why.
+
+--headline reads per-seed final accuracies (docs/results_seeds.json, transcribed from LOG.md) and
+prints one row per setting and held-out set: both arms' means and their paired difference with a
+95 % Student t interval over seeds only (SEEDS_ONLY says why); --plot draws every seed as a dot.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -164,12 +171,12 @@ def markdown(tabs: dict, ref: str) -> str:
         for r in rows:
             if "diff" in r:
                 delta = interval(r)
-                verdict = "better" if r["lo"] > 0 else "worse" if r["hi"] < 0 else "not separable"
+                verdict_ = verdict(r["lo"], r["hi"])
             else:
-                delta, verdict = ("reference", "") if r["arm"] == ref else ("no paired seeds", "")
+                delta, verdict_ = ("reference", "") if r["arm"] == ref else ("no paired seeds", "")
             arm = f"{r['arm']} ⚠" if r["fallbacks"] else r["arm"]
             parts.append(f"| {arm} | {len(r['seeds'])} | {pct(r['before'])} "
-                         f"| {pct(r['after'])} ± {pct(r['std'])} | {delta} | {verdict} "
+                         f"| {pct(r['after'])} ± {pct(r['std'])} | {delta} | {verdict_} "
                          f"| {r['wall']:.0f} | {r['fallbacks'] or '–'} |")
         if any(r["fallbacks"] for r in rows):
             parts.append("\n" + FALLBACK_NOTE)
@@ -179,17 +186,72 @@ def markdown(tabs: dict, ref: str) -> str:
     return "\n".join(parts)
 
 
+# Why a panel has nothing to draw. A metric no run logged (or logged only as nan) is left out with
+# NOT_LOGGED's reason; one that is 0 at every step of every run is left out only if it is listed in
+# ZERO_MEANS_EMPTY (for other metrics, such as zero-advantage groups after mixing, 0 is a result).
+NOT_LOGGED = {
+    "refine/fix_rate": "no run refined an answer (no critique, or no all-wrong group)",
+    **{f"offpolicy/{k}": "no refinement tokens in any run" for k in ("p", "f_p", "entropy")},
+    "kl": "not computed (no --kl_coef and no --log_kl)",
+    "baseline/examples": "no supervised baseline (--baseline) among the runs",
+}
+ZERO_MEANS_EMPTY = {
+    "train/clip_frac": "0 at every step of every run: with one update per batch the policy ratio "
+                       "is 1, so nothing is clipped",
+    "critic/tokens_out": "0 at every step of every run: no model critic (indicative critiques are "
+                         "templates, nothing is generated)",
+}
+
+
+def curve_panels(arms: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(panels to draw as (metric, title), panels left out as (title, why))."""
+    def values(key):
+        return [m[key] for runs in arms.values() for r in runs.values() for m in r["metrics"]
+                if isinstance(m.get(key), (int, float)) and not math.isnan(m[key])]
+    drawn, left_out = [], []
+    for key, title in CURVES:
+        v = values(key)
+        if not v:
+            left_out.append((title, NOT_LOGGED.get(key, "not logged by any run")))
+        elif key in ZERO_MEANS_EMPTY and not any(v):
+            left_out.append((title, ZERO_MEANS_EMPTY[key]))
+        else:
+            drawn.append((key, title))
+    return drawn, left_out
+
+
+def curves_note(arms: dict) -> str:
+    """One line naming the panels left out of the curves and why ('' if none)."""
+    left_out = curve_panels(arms)[1]
+    return ("Curves not drawn: " + "; ".join(f"{t} ({why})" for t, why in left_out) + "."
+            if left_out else "")
+
+
 def curves_png(arms: dict) -> bytes:
-    """One panel per metric: each seed a thin line, the arm's mean over seeds bold."""
+    """curves_figure() as PNG bytes."""
+    import matplotlib.pyplot as plt
+    fig = curves_figure(arms)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curves_figure(arms: dict):
+    """One panel per metric: each seed a thin line, the arm's mean over seeds bold. Held-out
+    accuracy is measured only at evaluation steps: there each seed is a dot and the mean a marker,
+    joined by a dotted line (nothing was measured between them). Panels without data are left out;
+    a footer says which and why."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    present = [(k, t) for k, t in CURVES if any(isinstance(m.get(k), (int, float)) and not math.isnan(m[k])
-                                                 for runs in arms.values() for r in runs.values() for m in r["metrics"])]
+    present, left_out = curve_panels(arms)
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(present) / cols), cols, figsize=(5 * cols, 3.2 * math.ceil(len(present) / cols)),
+    rows = max(1, math.ceil(len(present) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows + (0.5 if left_out else 0)),
                              squeeze=False)
     for ax, (key, title) in zip(axes.flat, present):
+        sparse = key.startswith("eval/")  # measured at a few steps only: markers, not a trajectory
         for c, (arm, runs) in enumerate(arms.items()):
             color = f"C{c}"
             series = []
@@ -197,23 +259,35 @@ def curves_png(arms: dict) -> bytes:
                 pts = {m["step"]: m[key] for m in run["metrics"] if key in m and m[key] is not None
                        and not (isinstance(m[key], float) and math.isnan(m[key]))}
                 if pts:
-                    ax.plot(list(pts), list(pts.values()), color=color, lw=0.7, alpha=0.35)
+                    if sparse:
+                        ax.plot(list(pts), list(pts.values()), ls="none", marker="o", ms=3,
+                                color=color, alpha=0.4)
+                    else:
+                        ax.plot(list(pts), list(pts.values()), color=color, lw=0.7, alpha=0.35)
                     series.append(pts)
             steps = sorted(set().union(*series))  # the mean over the seeds that logged a step (nan = nothing to log)
             if steps:
-                ax.plot(steps, [np.mean([p[s] for p in series if s in p]) for s in steps], color=color, lw=2.2,
-                        label=arm)
+                mean = [np.mean([p[s] for p in series if s in p]) for s in steps]
+                if sparse:
+                    ax.plot(steps, mean, color=color, lw=1.2, ls=":", marker="D", ms=6, label=arm)
+                else:
+                    ax.plot(steps, mean, color=color, lw=2.2, label=arm)
+        if sparse:
+            title += "\nmeasured at the marked steps only"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    if present:
+        axes.flat[0].legend(fontsize=8)
+    footer = 0.0
+    if left_out:
+        text = textwrap.fill(curves_note(arms), 200)
+        footer = (0.25 + 0.17 * text.count("\n")) / fig.get_figheight()
+        fig.text(0.01, 0.01, text, fontsize=8, va="bottom", color="0.3")
+    fig.tight_layout(rect=(0, footer, 1, 1))
+    return fig
 
 
 def sample_cards(arms: dict) -> list[dict]:
@@ -314,14 +388,228 @@ def html_tables(tabs: dict, ref: str) -> str:
     return "".join(parts)
 
 
+# ---- the headline: per-seed final accuracies of the default run and GRPO (docs/results_seeds.json)
+
+# Student t critical values t_{0.975, df}: a two-sided 95 % interval. Beyond df 30 the df-30 value
+# is used (at most 4.2 % wider than the exact one).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+        10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+        18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+        26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
+
+HEADLINE_ARMS = ("critique_grpo", "grpo")  # the JSON's arm keys: the default run, the reference
+HEADLINE_SETS = ("test", "test_rephrased")
+
+# The paper's own result (Qwen2.5-7B-Base, average pass@1 over 8 benchmarks; ALGORITHM.md,
+# "Headline numbers"), printed beside ours for scale.
+PAPER = {"grpo": 41.18, "cg_gt": 45.30, "cg_cot": 47.08}
+PAPER_LINE = (f"For scale, the paper (Qwen2.5-7B-Base, average pass@1 over 8 benchmarks): "
+              f"GRPO {PAPER['grpo']:.2f}, Critique-GRPO with CoT critiques {PAPER['cg_cot']:.2f} "
+              f"({PAPER['cg_cot'] - PAPER['grpo']:+.2f}); with indicative + ground-truth "
+              f"critiques, our default's kind, {PAPER['cg_gt']:.2f} "
+              f"({PAPER['cg_gt'] - PAPER['grpo']:+.2f}).")
+
+SEEDS_ONLY = ("Why over seeds only: the paired bootstrap of `report.py`'s grid tables "
+              "resamples seeds and questions together, and while the 150 questions are resampled "
+              "richly, the seed, the unit that varies most (a run's final accuracy moves by 5-15 "
+              "points with it), has only 3 values, so the spread between runs is barely sampled "
+              "and the interval comes out too narrow (it called the CPU bf16 `test` difference "
+              "+20.9 [+9.3, +32.7], better; a t interval over the 3 seeds alone, t(2) = 4.30, "
+              "gives [-4.8, +46.6]).")
+
+
+def t_interval(diffs) -> tuple[float, float, float, float]:
+    """(mean, sample std (n - 1), lower, upper) of a 95 % Student t interval for the mean of
+    `diffs`: mean +- t_{0.975, n-1} * std / sqrt(n). With one value the interval is nan."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.size
+    if n < 2:
+        return float(d.mean()) if n else float("nan"), float("nan"), float("nan"), float("nan")
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = T975[min(n - 1, 30)] * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def verdict(lo: float, hi: float) -> str:
+    """'better' / 'worse' if the 95 % interval lies above / below 0, else 'not separable'."""
+    if math.isnan(lo) or math.isnan(hi):
+        return "one seed: no interval"
+    return "better" if lo > 0 else "worse" if hi < 0 else "not separable"
+
+
+def exact_pct(pct: float, n: int | None) -> float:
+    """A percentage rounded to 0.1 as logged -> the exact share of n questions it stands for
+    (31.3 of 150 -> 47 questions -> 31.333...), so means and differences are not sums of rounded
+    numbers; n None: the value as given. A value no count of n rounds to is an error."""
+    if not n:
+        return pct
+    exact = round(pct * n / 100) * 100 / n
+    if abs(exact - pct) > 0.05 + 1e-9:
+        raise ValueError(f"{pct} % is no whole number of {n} questions")
+    return exact
+
+
+def headline_rows(data: dict) -> list[dict]:
+    """One row per (setting, set): paired seeds, both arms' means over them, the mean paired
+    difference (Critique-GRPO - GRPO, points) with its t interval, the verdict, and the runs left
+    out because the other arm has no run of that seed. With data["questions"] (questions per set),
+    each logged percentage is first turned back into its exact share (exact_pct)."""
+    rows = []
+    for st in data["settings"]:
+        runs = {arm: {r["seed"]: r for r in st["runs"][arm]} for arm in HEADLINE_ARMS}
+        paired = sorted(set(runs["critique_grpo"]) & set(runs["grpo"]))
+        unpaired = [(arm, k) for arm in HEADLINE_ARMS for k in sorted(runs[arm]) if k not in paired]
+        for s in HEADLINE_SETS:
+            n = data.get("questions", {}).get(s)
+            cg = [exact_pct(runs["critique_grpo"][k][s], n) for k in paired]
+            gr = [exact_pct(runs["grpo"][k][s], n) for k in paired]
+            diff, sd, lo, hi = t_interval(np.subtract(cg, gr))
+            rows.append({"setting": st["name"], "set": s, "seeds": paired, "step0": st["step0"][s],
+                         "cg": float(np.mean(cg)), "grpo": float(np.mean(gr)), "diff": diff,
+                         "sd": sd, "lo": lo, "hi": hi, "verdict": verdict(lo, hi),
+                         "unpaired": [(arm, k, runs[arm][k][s]) for arm, k in unpaired]})
+    return rows
+
+
+def load_seeds(seeds_file) -> dict:
+    return json.loads(Path(seeds_file).read_text())
+
+
+def headline(seeds_file) -> str:
+    """The headline table (Markdown): per setting and held-out set, both arms' final accuracy
+    (mean over the paired seeds) and their paired difference with a 95 % interval over seeds."""
+    data = load_seeds(seeds_file)
+    rows = headline_rows(data)
+    wrap = lambda text: textwrap.fill(text, 100, break_on_hyphens=False)
+    out = [wrap("Final held-out accuracy (%) after the default 10 steps, mean over seeds. Δ = "
+                "Critique-GRPO − GRPO, paired by seed, with a 95 % interval over seeds only "
+                "(Student t)."), "",
+           "| setting | set | seeds | step 0 | Critique-GRPO | GRPO | Δ [95 % CI] | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        name = r["setting"] if i == 0 or rows[i - 1]["setting"] != r["setting"] else ""
+        ci = (f"{r['diff']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]" if not math.isnan(r["lo"])
+              else f"{r['diff']:+.1f}")
+        out.append(f"| {name} | {r['set']} | {len(r['seeds'])} | {r['step0']:.1f} | {r['cg']:.1f} "
+                   f"| {r['grpo']:.1f} | {ci} | {r['verdict']} |")
+    names = dict(zip(HEADLINE_ARMS, ("Critique-GRPO", "GRPO")))
+    left = {}
+    for r in rows:
+        for arm, k, v in r["unpaired"]:
+            left.setdefault((r["setting"], arm, k), []).append(f"{v:.1f}")
+    for (setting, arm, k), v in left.items():
+        out += ["", f"Left out, no pair: {setting} {names[arm]} seed {k} ({' / '.join(v)})."]
+    out += ["", wrap(PAPER_LINE), "", wrap(SEEDS_ONLY)]
+    return "\n".join(out)
+
+
+def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes:
+    """Per setting a panel, per held-out set a pair of columns (Critique-GRPO, GRPO): every seed a
+    dot (spread sideways by seed), a grey line joining the two arms' runs of one seed, the mean
+    over paired seeds a bar, the untrained model's accuracy a dashed line, a run that ended
+    below it circled in red."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    data = load_seeds(seeds_file)
+    rows = {(r["setting"], r["set"]): r for r in headline_rows(data)}
+    colors = {"critique_grpo": "C0", "grpo": "C1"}
+    settings = data["settings"]
+    dpi = 100
+    fig, axes = plt.subplots(1, len(settings), figsize=(width_px / dpi, height_px / dpi), dpi=dpi,
+                             sharey=True, squeeze=False)
+    top = max(r[s] for st in settings for arm in HEADLINE_ARMS for r in st["runs"][arm]
+              for s in HEADLINE_SETS)
+    for ax, st in zip(axes[0], settings):
+        runs = {arm: {r["seed"]: r for r in st["runs"][arm]} for arm in HEADLINE_ARMS}
+        seeds = sorted(set().union(*runs.values()))
+        jitter = {k: 0.07 * (i - (len(seeds) - 1) / 2) for i, k in enumerate(seeds)}
+        for g, s in enumerate(HEADLINE_SETS):
+            x0 = 2.4 * g
+            row = rows[st["name"], s]
+            ax.hlines(st["step0"][s], x0 - 0.45, x0 + 1.45, colors="0.35", linestyles="--", lw=1)
+            for k in row["seeds"]:
+                ax.plot([x0 + jitter[k], x0 + 1 + jitter[k]],
+                        [runs["critique_grpo"][k][s], runs["grpo"][k][s]], color="0.8", lw=0.7,
+                        zorder=1)
+            for a, arm in enumerate(HEADLINE_ARMS):
+                for k, r in runs[arm].items():
+                    x, y = x0 + a + jitter[k], r[s]
+                    paired = k in row["seeds"]
+                    ax.plot(x, y, "o", ms=5, zorder=3, color=colors[arm],
+                            mfc=colors[arm] if paired else "white")
+                    if y < st["step0"][s]:
+                        ax.plot(x, y, "o", ms=11, mfc="none", mec="red", mew=1.2, zorder=4)
+                        ax.annotate(f"seed {k}: {y:.1f}", (x, y), xytext=(7, -3),
+                                    textcoords="offset points", fontsize=7, color="red")
+                mean = row["cg"] if arm == "critique_grpo" else row["grpo"]
+                ax.hlines(mean, x0 + a - 0.3, x0 + a + 0.3, colors=colors[arm], lw=2.5, zorder=2)
+            ci = (f"Δ {row['diff']:+.1f}\n[{row['lo']:+.1f}, {row['hi']:+.1f}]"
+                  if not math.isnan(row["lo"]) else f"Δ {row['diff']:+.1f}")
+            sure = row["verdict"] in ("better", "worse")
+            ax.text(x0 + 0.5, top + 3, f"{ci}\n{row['verdict']}", ha="center", va="bottom",
+                    fontsize=7.5, color="black" if sure else "0.45",
+                    fontweight="bold" if sure else "normal")
+        n = len(rows[st["name"], HEADLINE_SETS[0]]["seeds"])
+        ax.set_title(f"{st['name']}, {n} seeds", fontsize=9)
+        ax.set_xticks([0.5, 2.9], ["test", "rephrased"], fontsize=8)
+        ax.set_xlim(-0.6, 4.0)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", color="0.92", lw=0.6)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0][0].set_ylim(0, top + 19)
+    axes[0][0].set_ylabel("final accuracy (%)", fontsize=8)
+    handles = [Line2D([], [], ls="none", marker="o", color="C0", label="Critique-GRPO"),
+               Line2D([], [], ls="none", marker="o", color="C1", label="GRPO"),
+               Line2D([], [], color="0.3", lw=2.5, label="mean"),
+               Line2D([], [], color="0.35", ls="--", lw=1, label="step 0 (untrained)"),
+               Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="red",
+                      label="ended below step 0")]
+    if any(r["unpaired"] for r in rows.values()):
+        handles.append(Line2D([], [], ls="none", marker="o", color="C1", mfc="white",
+                              label="no pair, not in the mean"))
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.04),
+               ncol=len(handles), fontsize=7.5, frameon=False, handletextpad=0.3,
+               columnspacing=1.5)
+    fig.text(0.5, 0.015, "One dot per seed; grey lines join a seed's two runs. Δ = Critique-GRPO − "
+             "GRPO, paired by seed, with a 95 % t-interval over seeds.", ha="center", va="bottom",
+             fontsize=7.5, color="0.3")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    from PIL import Image  # matplotlib's own dependency: a 256-colour palette keeps the file small
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256).save(small, format="png", optimize=True)
+    return small.getvalue()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("grids", nargs="+", help="grid directories written by ablate.py")
+    ap.add_argument("grids", nargs="*", help="grid directories written by ablate.py")
+    ap.add_argument("--headline", default=None, metavar="SEEDS_JSON",
+                    help="print the headline table from per-seed results (docs/results_seeds.json) "
+                         "instead of reading grids")
+    ap.add_argument("--plot", default=None, metavar="PNG",
+                    help="with --headline: also write the per-seed dot plot there")
     ap.add_argument("--ref", default=None, help="reference arm for the differences (default: grpo, else dr_grpo, "
                                                 "else the first arm)")
     ap.add_argument("--out", default=None, help="output directory (default: <first grid>/report)")
     ap.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples")
     args = ap.parse_args(argv)
+    if args.headline:
+        print(headline(args.headline))
+        if args.plot:
+            Path(args.plot).write_bytes(headline_png(args.headline))
+            print(f"wrote {args.plot}")
+        return
+    if args.plot:
+        ap.error("--plot goes with --headline")
+    if not args.grids:
+        ap.error("give grid directories, or --headline SEEDS_JSON")
     arms = load_grid(args.grids)
     ref = args.ref or next((a for a in ("grpo", "dr_grpo") if a in arms), next(iter(arms)))
     if ref not in arms:
@@ -331,7 +619,9 @@ def main(argv=None):
     tabs = tables(arms, ref, args.n_boot)
     md = markdown(tabs, ref)
     print(md)
-    (out / "report.md").write_text(md + "\n![curves](curves.png)\n")
+    note = curves_note(arms)
+    (out / "report.md").write_text(md + "\n![curves](curves.png)\n"
+                                   + (f"\n{note}\n" if note else ""))
     png = curves_png(arms)
     (out / "curves.png").write_bytes(png)
     cards = sample_cards(arms)

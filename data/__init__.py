@@ -1,10 +1,10 @@
 """Dataset loading: one record format for every source.
 
 A row is {"question": str, "answer": str, "solution": str | None, "index": position in the source},
-plus "choice": True for multiple choice (an `options` column: lettered into the question, the answer is
-the letter) and "data_source" for verl files. Sources: a local .jsonl /
-.json / .parquet file, the verl parquet format (chat `prompt` + `reward_model.ground_truth`, as in
-the released Critique-GRPO files), or a hub dataset name (`name` or `name:config`, needs internet).
+plus "choice": True for multiple choice (an `options` column: lettered into the question, the
+answer is the letter) and "data_source" for verl files. Sources: a local .jsonl / .json / .parquet
+file, the verl parquet format (chat `prompt` + `reward_model.ground_truth`, as in the released
+Critique-GRPO files), or a hub dataset name (`name` or `name:config`, needs internet).
 
 Bad input is one line naming the file and the line (JSONL) or row (from 1), never a traceback: a
 line that is not JSON, a question that is not text, an empty answer. A hub dataset's rows with an
@@ -16,7 +16,8 @@ import json
 import os
 import re
 
-_VERL_SUFFIX = re.compile(r"\s*Please reason step by step, and put your final answer within \\boxed\{\}\.?\s*$")
+_VERL_SUFFIX = re.compile(r"\s*Please reason step by step, and put your final answer within "
+                          r"\\boxed\{\}\.?\s*$")
 
 
 def lettered(options: list[str]) -> str:
@@ -72,8 +73,8 @@ def _read_json(source: str) -> tuple[list[dict], list[str]]:
 def _read(source: str, split: str) -> tuple[list[dict], list[str], list[str] | None]:
     """(rows, column names, where each row is); where is None for a hub dataset."""
     if os.path.isdir(source):
-        raise SystemExit(f"error: {source} is a directory; expected a .jsonl, .json or .parquet "
-                         "file")
+        raise SystemExit(f"error: {source} is a directory; expected a .jsonl, .json or "
+                         ".parquet file")
     if os.path.exists(source):
         if os.path.getsize(source) == 0:
             raise SystemExit(f"error: data file {source} is empty")
@@ -100,7 +101,8 @@ def _read(source: str, split: str) -> tuple[list[dict], list[str], list[str] | N
     # not on the hub, no internet, no such config or split: the hub libraries raise many kinds
     except Exception as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise SystemExit(f"error: {source}: no such local file, nor a hub dataset ({why})") from None
+        raise SystemExit(f"error: {source}: no such local file, nor a hub dataset "
+                         f"({why})") from None
     return ds, ds.column_names, None
 
 
@@ -118,8 +120,9 @@ def load_rows(source: str, question_key: str = "question", answer_key: str = "an
     ds, cols, places = _read(source, split)
     verl = "prompt" in cols and "reward_model" in cols and question_key not in cols
     if not verl and (question_key not in cols or answer_key not in cols):
-        raise SystemExit(f"error: {source} has columns {cols}; name the question and answer columns with "
-                         f"--question_key and --answer_key (now {question_key!r}, {answer_key!r})")
+        raise SystemExit(f"error: {source} has columns {cols}; name the question and answer "
+                         f"columns with --question_key and --answer_key (now {question_key!r}, "
+                         f"{answer_key!r})")
     rows, dropped = [], 0
     for index, ex in enumerate(ds):
         where = f"{source} {places[index]}" if places else f"{source} row {index + 1}"

@@ -5,6 +5,7 @@ with a ChatML template and pad == EOS (as SmolLM2 and Qwen have it).
 """
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the step-0 evaluation cache (train.py --eval_cache): the tests' own, not the user's
+os.environ.setdefault("CRITIQUE_GRPO_EVAL_CACHE", tempfile.mkdtemp(prefix="step0_eval_"))
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

@@ -208,3 +208,39 @@ def test_a_run_without_refinement_counts_still_shows_its_fallbacks():
                        {"step": 2, "eval/accuracy": 0.5}]}
     assert report.fallbacks(run) == (3, 0, 0)
     assert report.fallback_note({0: {"metrics": []}, 3: run}) == "seed 3: 3 fell back"
+
+
+def test_report_curves_mark_evaluated_steps_and_leave_out_empty_panels(hand_grid):
+    """Held-out accuracy is measured at steps 0 and 10 only: its panel draws markers there (seeds as
+    dots, the mean as markers on a dotted line), not a solid line that looks like a trajectory.
+    Clip fraction 0 at every step (one update per batch: ratio 1) and critic tokens 0 (no model
+    critic) are left out and say why, as is a metric nobody logged (kl)."""
+    for arm, seed in (("ref", 0), ("ref", 1), ("x", 0), ("x", 1)):
+        path = hand_grid / arm / f"seed{seed}" / "metrics.jsonl"
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**m, "train/clip_frac": 0.0, "critic/tokens_out": 0}
+                                           if "train/reward" in m else m) + "\n" for m in metrics))
+    arms = report.load_grid([str(hand_grid)])
+    drawn, left_out = report.curve_panels(arms)
+    assert [k for k, _ in drawn] == ["train/reward", "eval/accuracy", "train/entropy",
+                                     "refine/fix_rate"]
+    why = dict(left_out)
+    assert "policy ratio is 1" in why["clipped fraction"]
+    assert "no model critic" in why["critic tokens out"]
+    assert "not computed" in why["KL to the base model (--log_kl)"]
+    fig = report.curves_figure(arms)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 4 and not any("clipped" in t for t in titles)
+    acc = next(ax for ax in fig.axes if ax.get_title().startswith("held-out accuracy"))
+    assert "measured at the marked steps only" in acc.get_title()
+    lines = acc.get_lines()
+    assert len(lines) == 4 + 2  # 2 seeds x 2 arms, then each arm's mean
+    assert all(line.get_marker() not in (None, "None", "") for line in lines)
+    styles = sorted(line.get_linestyle() for line in lines)
+    assert styles == [":"] * 2 + ["None"] * 4  # seeds: dots only; means: markers on a dotted line
+    assert all(list(line.get_xdata()) == [0, 10] for line in lines)
+    reward = next(ax for ax in fig.axes if ax.get_title() == "training reward")
+    assert all(line.get_marker() in (None, "None", "") for line in reward.get_lines())
+    report.main([str(hand_grid), "--ref", "ref"])
+    md = (hand_grid / "report" / "report.md").read_text()
+    assert report.curves_note(arms) in md and "clipped fraction (0 at every step" in md

@@ -105,6 +105,27 @@ def test_run_records_its_dtype_and_scores_each_held_out_set(tmp_path, tiny_model
                     "--output_dir", str(tmp_path / "dup")])
 
 
+def test_the_step0_evaluation_is_computed_once_and_reused(tmp_path, tiny_model_dir, tiny_data, capsys,
+                                                          monkeypatch):
+    """Every run of an unchanged model starts with the same greedy evaluation: another seed and another
+    arm reuse it (saying so); what determines it (here the answer length) or --no-eval_cache computes it
+    anew, and the fresh computation equals the reused file."""
+    monkeypatch.setenv("CRITIQUE_GRPO_EVAL_CACHE", str(tmp_path / "cache"))
+    reused = "reusing the untrained model's evaluation"
+
+    def eval0(name):
+        return [json.loads(x) for x in open(tmp_path / name / "eval-0.jsonl")]
+    run(tmp_path, tiny_model_dir, tiny_data, "first", "--max_steps", "1")
+    assert reused not in capsys.readouterr().out
+    run(tmp_path, tiny_model_dir, tiny_data, "other_arm", "--max_steps", "1", "--seed", "3", "--critique_type",
+        "none")
+    assert reused in capsys.readouterr().out and eval0("other_arm") == eval0("first")
+    run(tmp_path, tiny_model_dir, tiny_data, "longer", "--max_steps", "1", "--max_new_tokens", "13")
+    run(tmp_path, tiny_model_dir, tiny_data, "fresh", "--max_steps", "1", "--no-eval_cache")
+    assert reused not in capsys.readouterr().out and eval0("fresh") == eval0("first")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
