@@ -24,9 +24,16 @@ def load(name: str, dtype: str, device: str):
     """(model, tokenizer). Random shapes use the embedded tokenizer (its ids fit every vocabulary)."""
     if name == "embedded":
         return rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype=dtype, device=device)
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
+    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(rollout.embedded_model_dir())
-    arch, h, i, n, a, kv, v, tied = SHAPES[name]
+    return build(SHAPES[name], tok, dtype, device), tok
+
+
+def build(shape: tuple, tok, dtype: str, device: str):
+    """A randomly initialised model of `shape` (a SHAPES value: arch, hidden, intermediate, layers, heads, kv
+    heads, vocab, tied) with `tok`'s special tokens. Any tokenizer whose ids fit the vocabulary will do."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    arch, h, i, n, a, kv, v, tied = shape
     cfg = (Qwen2Config if arch == "qwen2" else LlamaConfig)(
         hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a, num_key_value_heads=kv,
         vocab_size=v, tie_word_embeddings=tied, max_position_embeddings=32768, eos_token_id=tok.eos_token_id,
@@ -34,8 +41,7 @@ def load(name: str, dtype: str, device: str):
     torch.manual_seed(0)
     dt = rollout.resolve_dtype(dtype)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dt)
-    return model, tok
+        return AutoModelForCausalLM.from_config(cfg, dtype=dt)
 
 
 def add_lora(model, r: int = 16, alpha: int = 32, seed: int = 0):

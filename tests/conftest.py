@@ -103,3 +103,5 @@ def tiny_data(tmp_path_factory):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
+    config.addinivalue_line("markers", "slow: starts several processes or kills runs (~7 min on 2 cores); "
+                            "left out of `python -m pytest -q`, run by `python -m pytest -q -m slow`")

@@ -35,6 +35,7 @@ def test_seeds_and_arms_parse():
         ablate.main(["--arms", "cg_w2s", "--grid_dir", "/nonexistent"])
 
 
+@pytest.mark.slow
 def test_grid_is_interrupted_and_continues_without_redoing_finished_runs(tmp_path, tiny_model_dir, tiny_data):
     """Two arms x two seeds, one run at a time. Ctrl-C (SIGINT to the process group, as a terminal sends it)
     once the first run is DONE and the second has a checkpoint; the same command then skips the first,

@@ -147,6 +147,7 @@ def test_multiple_choice_from_a_local_file(tmp_path, checker):
 
 
 @pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
+@pytest.mark.slow
 def test_regrading_the_released_file(tmp_path):
     import data
     rows = data.load_rows(str(SHARED_EVAL))

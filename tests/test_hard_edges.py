@@ -53,6 +53,7 @@ def test_api_key_is_never_saved(tmp_path, tiny_model_dir, tiny_data, monkeypatch
             assert b"sk-do-not-leak" not in f.read_bytes(), f
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_last_finished_step_and_resume_matches(tmp_path, tiny_model_dir, tiny_data):
     args = ["--model", tiny_model_dir, "--train_data", tiny_data[0], "--eval_data", tiny_data[1], "--eval_limit", "2",
             "--max_new_tokens", "12", "--prompts_per_step", "2", "--n_init", "4", "--lr", "1e-2", "--eval_every", "0",
@@ -262,6 +263,7 @@ def _sigkill_and_expect_no_process_left(proc):
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_trainer_leaves_no_checker_worker(tmp_path, tiny_model_dir, tiny_data):
     """A trainer killed with SIGKILL (no handler runs) leaves no answer-checker worker behind, and a
     worker is a small process of its own, not a copy of the trainer (it was forked before)."""
@@ -295,6 +297,7 @@ def test_sigkill_of_the_trainer_leaves_no_checker_worker(tmp_path, tiny_model_di
           f"trainer {trainer_rss >> 20} MiB")
 
 
+@pytest.mark.slow
 def test_sigkill_of_evaluate_leaves_no_checker_worker_even_inside_a_check(tmp_path, tiny_data):
     """evaluate.py re-grading answers that each keep math-verify busy for seconds (a tower of
     powers, until math-verify's own 5 s limit): killed with SIGKILL while its workers are inside
@@ -349,6 +352,7 @@ def test_a_checker_worker_killed_while_idle_is_replaced():
         c.close()
 
 
+@pytest.mark.slow
 def test_a_kill_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, tiny_data):
     """SIGKILL (what an out-of-memory kill sends) while sampling, inside an update, and while a checkpoint
     is being written, at points the code reaches deterministically (processes.kill_point), resuming after
