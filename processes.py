@@ -115,8 +115,7 @@ class Processes:
 
     def unshard(self, mine: list) -> list:
         """Every process's shard(...) results, back in the original order."""
-        from accelerate.utils import gather_object
-        parts = gather_object([mine]) if self.world > 1 else [mine]
+        parts = self.gather([mine])  # one list per process
         out = [None] * sum(map(len, parts))
         for r, part in enumerate(parts):
             out[r::self.world] = part
@@ -130,9 +129,7 @@ class Processes:
     def sum(self, values: dict) -> dict:
         """Each value summed over every process in one collective; `time/...` values take the
         slowest process's. A key a process lacks counts as 0 there."""
-        from accelerate.utils import gather_object
-        every = gather_object([{k: float(v) for k, v in values.items()}]) if self.world > 1 else \
-            [{k: float(v) for k, v in values.items()}]
+        every = self.gather([{k: float(v) for k, v in values.items()}])  # one dict per process
         return {k: (max if k.startswith("time/") else sum)(d.get(k, 0.0) for d in every)
                 for k in dict.fromkeys(k for d in every for k in d)}
 

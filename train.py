@@ -803,7 +803,7 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
             if cache:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+                write_jsonl(tmp, records, mode="w")
                 tmp.rename(cache)
         t_eval = time.perf_counter() - t_eval
         for rec, row in zip(records, rows):
