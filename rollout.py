@@ -307,9 +307,12 @@ def generate_batch_size(model, prompts: list[list[int]], max_new_tokens: int, ba
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-             top_p: float = 1.0, batch_size: int = 0, merge_lora: bool = False,
+             top_p: float = 1.0, samples: int = 1, batch_size: int = 0, merge_lora: bool = False,
              static_cache: bool = False, desc: str = "generate") -> list[list[int]]:
-    """One response per prompt (repeat a prompt n times for n samples). temperature 0 = greedy.
+    """`samples` responses per prompt, prompt by prompt. temperature 0 = greedy.
+
+    A prompt's samples share it: its KV cache is computed once and copied to each of them (a GRPO
+    group's prompt runs once instead of n times; with the static cache every row runs it).
 
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
     back in the input order. Each response is cut after its first EOS (EOS kept); `generate` stops
@@ -330,20 +333,23 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
                                pad_token_id=pad,
                                **(dict(cache_implementation="static") if static_cache else {}))
+    if static_cache or min(map(len, prompts), default=0) < 2:
+        prompts, samples = [p for p in prompts for _ in range(samples)], 1
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batch_size = generate_batch_size(model, prompts, max_new_tokens, batch_size)
-    out: list[list[int] | None] = [None] * len(prompts)
+    per_call = max(1, batch_size // samples)  # prompts per generate call
+    out: list[list[int] | None] = [None] * (len(prompts) * samples)
     was_training = model.training
     model.eval()
     # each bucketed shape is one compiled graph; the default limit (8) would fall back to eager
     if static_cache:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     # disable=None: no bar when not on a terminal
-    bar = tqdm(total=len(prompts) * max_new_tokens, desc=f"{desc} ({len(prompts)} seqs)",
+    bar = tqdm(total=len(out) * max_new_tokens, desc=f"{desc} ({len(out)} seqs)",
                unit="tok", leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
     with lora_merged(model) if merge_lora else contextlib.nullcontext():
-        for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
+        for s in range(0, len(order), per_call):
+            idx = order[s: s + per_call]
             P = max(len(prompts[i]) for i in idx)
             rows = len(idx)
             # fixed shapes: padded rows are copies of the first prompt, dropped below
@@ -355,19 +361,35 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                 p = prompts[idx[r] if r < len(idx) else idx[0]]
                 ids[r, P - len(p):] = torch.tensor(p)
                 mask[r, P - len(p):] = 1
-            step = _DecodeStep(temperature, top_p, eos, bar, len(idx))
+            ids, mask, shared = ids.to(device), mask.to(device), {}
+            if samples > 1:  # all but the last prompt token: generate runs that one per row
+                shared = _prompt_cache(model, ids[:, :-1], mask[:, :-1], samples)
+                ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
+            step = _DecodeStep(temperature, top_p, eos, bar, len(idx) * samples)
             counted = bar.n
-            seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                  generation_config=gen_cfg,
-                                  logits_processor=LogitsProcessorList([step]))
+            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                                  logits_processor=LogitsProcessorList([step]), **shared)
             for r, i in enumerate(idx):
-                out[i] = cut_at_eos(seqs[r, P:].tolist(), eos)
+                for j in range(samples):
+                    out[i * samples + j] = cut_at_eos(seqs[r * samples + j, P:].tolist(), eos)
             # the budget this batch did not use
-            bar.total -= len(idx) * max_new_tokens - (bar.n - counted)
+            bar.total -= len(idx) * samples * max_new_tokens - (bar.n - counted)
             bar.refresh()
     bar.close()
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def _prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, copies: int) -> dict:
+    """The KV cache of left-padded prompts (U, P), each row repeated `copies` times, as the keyword
+    `generate` takes it."""
+    from transformers import DynamicCache
+    backbone = model.get_decoder()
+    cache, kw = DynamicCache(), _cache_kwarg(backbone)
+    backbone(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+             use_cache=True, **{kw: cache})
+    cache.batch_repeat_interleave(copies)
+    return {kw: cache}
 
 
 def _pow2(n: int) -> int:

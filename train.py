@@ -578,8 +578,8 @@ def main(argv=None):
 
         with procs.whole_weights():  # steps 1-4 generate: each process needs the whole model
             # ---- 1. Sample: n responses per question from the current policy ----
-            responses = rollout.generate(policy, tok, [p for p in prompt_ids for _ in range(n)],
-                                         desc="sample", **sampling)                       # (B*n,)
+            responses = rollout.generate(policy, tok, prompt_ids, samples=n, desc="sample",
+                                         **sampling)                                      # (B*n,)
             texts = tok.batch_decode(responses, skip_special_tokens=True)
             t["sample"] = time.perf_counter()
 

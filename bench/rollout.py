@@ -1,6 +1,7 @@
 """Rollout throughput: a plain `model.generate` loop as TRL's GRPOTrainer runs it without vLLM (every
 prompt of the generation batch in one call, dynamic KV cache, unmerged LoRA, no compile) vs our
-`rollout.generate` (length-sorted batches sized by memory, LoRA merged into float32 weights while sampling,
+`rollout.generate` (length-sorted batches sized by memory, a group's prompt run once and its KV cache
+copied to its samples, LoRA merged into float32 weights while sampling,
 our inverse-CDF sampler instead of torch.multinomial, static cache +
 compile on GPU), on the same model, prompts, batch and lengths, alternating in one process.
 
@@ -68,13 +69,20 @@ def main():
         model = models.add_lora(model)
     model.eval()
     qs = models.questions(-(-args.num_seqs // args.samples))
-    prompts = [rollout.question_ids(tok, q) for q in qs for _ in range(args.samples)][: args.num_seqs]
+    unique = [rollout.question_ids(tok, q) for q in qs]
+    prompts = [p for p in unique for _ in range(args.samples)][: args.num_seqs]
+    assert len(prompts) == len(unique) * args.samples, "--num_seqs: a multiple of --samples"
 
     paths = {
         "plain (TRL-style)": lambda: plain_generate(model, tok, prompts, args.max_new_tokens, args.temperature),
-        "ours": lambda: rollout.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                                         temperature=args.temperature, batch_size=args.batch_size,
-                                         merge_lora=args.merge_lora, static_cache=static, desc="ours"),
+        # before 2026-12-02: each of a group's rows ran its prompt
+        "ours, prompt per row": lambda: rollout.generate(
+            model, tok, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            batch_size=args.batch_size, merge_lora=args.merge_lora, static_cache=static, desc="rows"),
+        "ours": lambda: rollout.generate(
+            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
+            static_cache=static, desc="ours"),
     }
     times = {k: [] for k in paths}
     tokens = {k: [] for k in paths}
@@ -93,13 +101,14 @@ def main():
           f"{models.device_name()} | {models.versions()}")
     # ms/decode step = rollout time / decode steps of its longest response: exact for one batch (both paths
     # when every sequence fits one generate call), an upper bound on the step when `ours` splits batches
-    print(f"{'path':20s} {'s/rollout':>10s} {'tokens':>8s} {'tokens/s':>10s} {'ms/decode step':>15s}")
+    print(f"{'path':22s} {'s/rollout':>10s} {'tokens':>8s} {'tokens/s':>10s} {'ms/decode step':>15s}")
     tps = {}
     for name in paths:
         t, n = statistics.median(times[name]), statistics.mean(tokens[name])
         tps[name] = n / t
-        print(f"{name:20s} {t:10.2f} {n:8.0f} {tps[name]:10.1f} {1000 * t / statistics.mean(steps[name]):15.2f}")
-    print(f"speed-up (tokens/s, ours / plain): {tps['ours'] / tps['plain (TRL-style)']:.2f}x")
+        print(f"{name:22s} {t:10.2f} {n:8.0f} {tps[name]:10.1f} {1000 * t / statistics.mean(steps[name]):15.2f}")
+    print(f"speed-up (tokens/s, ours / plain): {tps['ours'] / tps['plain (TRL-style)']:.2f}x; "
+          f"ours / ours with a prompt per row: {tps['ours'] / tps['ours, prompt per row']:.2f}x")
 
 
 if __name__ == "__main__":

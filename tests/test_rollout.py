@@ -109,6 +109,23 @@ def test_greedy_generate_is_the_same_alone_and_in_a_padded_batch(tok):
     assert batched == alone and all(0 < len(r) <= 8 for r in batched)
 
 
+def test_samples_share_their_prompt_and_come_back_prompt_by_prompt(tok):
+    """A group's n samples run their prompt once (one KV cache, copied n times): greedy tokens equal
+    those of the prompt repeated n times, in prompt order, also when a call holds only some prompts;
+    sampling gives every row its own draws."""
+    model = make_model(tok, init_std=0.5)
+    prompts = [rollout.question_ids(tok, q) for q in ("What is 3 + 4?", "Ann has 2 cards and gets 9 more?", "7 * 8?")]
+    repeated = rollout.generate(model, tok, [p for p in prompts for _ in range(3)], max_new_tokens=10, temperature=0)
+    for batch_size in (0, 3, 7):
+        shared = rollout.generate(model, tok, prompts, samples=3, max_new_tokens=10, temperature=0,
+                                  batch_size=batch_size)
+        assert shared == repeated
+    assert len({tuple(r) for r in repeated}) > 1
+    torch.manual_seed(0)
+    drawn = rollout.generate(model, tok, prompts[:1], samples=6, max_new_tokens=10, temperature=1.0)
+    assert len(drawn) == 6 and len({tuple(r) for r in drawn}) > 1
+
+
 def test_chat_prompt_has_system_instruction_and_generation_prompt(tok):
     text = tok.decode(rollout.question_ids(tok, "What is 1 + 1?"))
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 1 + 1?\n"
