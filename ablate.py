@@ -108,19 +108,19 @@ def final_accuracy(run_dir: Path) -> dict[str, tuple[float, float]]:
 
 
 def evaluate_run(run_dir: Path, eval_args: list[str]):
-    """evaluate.py on a finished run's last checkpoint, once (a run already scored is skipped)."""
+    """benchmark.py on a finished run's last checkpoint, once (a run already scored is skipped)."""
     if not (run_dir / "DONE").exists() or (run_dir / "evaluate" / "results.json").exists():
         return
     cfg = json.loads((run_dir / "config.json").read_text())
     last = latest_checkpoint(run_dir)
     weights = ["--model", cfg["model"], "--adapter", str(last)] if cfg["lora"] else ["--model", str(last)]
-    cmd = [sys.executable, "evaluate.py", *weights, "--dtype", cfg["dtype"],
+    cmd = [sys.executable, "benchmark.py", *weights, "--dtype", cfg["dtype"],
            "--output_dir", str(run_dir / "evaluate"), *eval_args]
     print(f"[{run_dir.parent.name} seed {run_dir.name.removeprefix('seed')}] evaluate: {' '.join(cmd[1:])}", flush=True)
     with open(run_dir.with_suffix(".log"), "a") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent)
     if rc != 0:
-        print(f"  evaluate.py FAILED (exit {rc}): see {run_dir.with_suffix('.log')}", flush=True)
+        print(f"  benchmark.py FAILED (exit {rc}): see {run_dir.with_suffix('.log')}", flush=True)
 
 
 def main(argv=None):
@@ -134,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--gpus", default="", help="comma list of CUDA device ids, one run at a time on each entry; "
                                                "repeat an id to share a GPU ('0,0'); empty = one run at a time")
     ap.add_argument("--evaluate", default=None, metavar="ARGS",
-                    help="after the runs, score each run's last checkpoint with evaluate.py ARGS (e.g. \"--data "
+                    help="after the runs, score each run's last checkpoint with benchmark.py ARGS (e.g. \"--data "
                          "../shared/data/critique_grpo_eval.parquet --max_new_tokens 1024\"); results in "
                          "<run>/evaluate/, read by report.py. The held-out sets train.py scores need nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run when several run at once "

@@ -242,7 +242,7 @@ class Processes:
         rngs: every process's RNG state in rank order, written by the main process. With whole
         weights on every process only the main one writes; with split weights each writes its shards
         under `sharded/` (accelerate's save_state) and the main one the gathered weights, which
-        evaluate.py reads."""
+        benchmark.py reads."""
         tmp = path.with_name(path.name + ".tmp")
         if not self.split and not self.is_main:
             return

@@ -52,7 +52,7 @@ def load_grid(dirs: list[str]) -> dict[str, dict[int, dict]]:
         for done in sorted(d.glob("*/seed*/DONE")):
             run, arm, seed = done.parent, done.parent.parent.name, int(done.parent.name.removeprefix("seed"))
             evals = {int(p.stem.split("-")[1]): read_jsonl(p) for p in run.glob("eval-*.jsonl")}
-            # ablate.py --evaluate: evaluate.py's per-generation records; a question's score is its pass@1
+            # ablate.py --evaluate: benchmark.py's per-generation records; a question's score is its pass@1
             extra = [dict(g, set="evaluate:" + g["benchmark"]) for g in read_jsonl(run / "evaluate" / "generations.jsonl")]
             if extra:
                 last = max(evals)
@@ -66,7 +66,7 @@ def load_grid(dirs: list[str]) -> dict[str, dict[int, dict]]:
 
 
 def pass_at_1(generations: list[dict]) -> list[dict]:
-    """evaluate.py's records (one per benchmark, question and run) -> one per question, `correct` the mean
+    """benchmark.py's records (one per benchmark, question and run) -> one per question, `correct` the mean
     over its runs (no step-0 score: their "step 0" column stays empty)."""
     by_q: dict[tuple, list[float]] = {}
     for g in generations:

@@ -827,7 +827,7 @@ def evaluate_and_save(cfg: Config, procs: Processes, run, step: int):
         path = run.out / f"checkpoint-{step}"
         with procs.deferred():
             procs.save(path, run.policy, step, run.finished["rngs"])
-        procs.log(f"saved {path} (adapter, optimizer, RNG; evaluate it with: python evaluate.py "
+        procs.log(f"saved {path} (adapter, optimizer, RNG; evaluate it with: python benchmark.py "
                   f"--adapter {path} --max_new_tokens {cfg.max_new_tokens})" if cfg.lora else
                   f"saved {path} (weights, optimizer, RNG)")
 

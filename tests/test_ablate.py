@@ -73,13 +73,13 @@ def test_grid_is_interrupted_and_continues_without_redoing_finished_runs(tmp_pat
         for seed in (0, 1):
             steps = [json.loads(x)["step"] for x in open(grid / arm / f"seed{seed}" / "metrics.jsonl")]
             assert [s for s in steps if s][-1] == 4 and (grid / arm / f"seed{seed}" / "DONE").exists()
-    # --evaluate scored every run's last checkpoint with evaluate.py; report.py adds it as one more set
+    # --evaluate scored every run's last checkpoint with benchmark.py; report.py adds it as one more set
     for arm in ("dr_grpo", "cg_gt"):
         for seed in (0, 1):
             res = json.loads((grid / arm / f"seed{seed}" / "evaluate" / "results.json").read_text())
             assert res["adapter"].endswith("checkpoint-4") and list(res["benchmarks"]) == ["test"]
     tabs = report.tables(report.load_grid([str(grid)]), "dr_grpo", n_boot=100)
-    assert list(tabs) == ["test", "evaluate:test"]  # train.py's held-out set, then evaluate.py's benchmark
+    assert list(tabs) == ["test", "evaluate:test"]  # train.py's held-out set, then benchmark.py's benchmark
     row = tabs["evaluate:test"][0]
     assert math.isnan(row["before"]) and 0 <= row["after"] <= 1
     assert json.loads((grid / "grid.json").read_text())["arms"] == {"dr_grpo": "--critique_type none",

@@ -306,13 +306,13 @@ def test_every_field_of_the_console_line_is_in_the_glossary():
         assert re.search(rf"^\| `{field}[ `]", glossary, flags=re.M), f"console field {field}"
 
 
-def test_evaluate_outputs_are_in_the_glossary():
-    import evaluate
+def test_benchmark_outputs_are_in_the_glossary():
+    import benchmark
     glossary = GLOSSARY.read_text()
     rows = [{"question": "a"}, {"question": "a"}, {"question": "b"}]
-    keys = set(evaluate.summarize(rows, [[1, 0, 1], [0, 0, 1], [1, 0, 0]]))
+    keys = set(benchmark.summarize(rows, [[1, 0, 1], [0, 0, 1], [1, 0, 0]]))
     keys = {"pass@k" if re.fullmatch(r"pass@\d+", k) and k != "pass@1" else k for k in keys}
-    source = (ROOT / "evaluate.py").read_text()
+    source = (ROOT / "benchmark.py").read_text()
     written = {"checker_timeouts", "model", "adapter", "predictions", "temperature",
                "max_new_tokens"}
     assert all(f'"{k}":' in source for k in written)

@@ -90,9 +90,10 @@ def test_real_benchmark_answers_grade_right_and_shifted_answers_wrong(checker):
         assert sum(shifted) <= 2, source
 
 
-# ---- benchmarks (evaluate.py main) --------------------------------------------------------------
+# ---- benchmarks (benchmark.py) ------------------------------------------------------------------
 import json  # noqa: E402
 
+import benchmark as B  # noqa: E402
 import evaluate as E  # noqa: E402
 
 
@@ -111,15 +112,15 @@ def test_choice_letter(response, letter):
 
 
 def test_pass_at_k_hand_values():
-    assert E.pass_at_k(5, 2, 1) == pytest.approx(0.4)
-    assert E.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
-    assert E.pass_at_k(5, 0, 3) == 0.0 and E.pass_at_k(5, 3, 3) == 1.0
+    assert B.pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert B.pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert B.pass_at_k(5, 0, 3) == 0.0 and B.pass_at_k(5, 3, 3) == 1.0
 
 
 def test_summarize_per_row_per_unique_and_pass_at_n():
     # q1 appears 3 times (like AIME's copies), q2 once; two runs
     rows = [{"question": "q1"}] * 3 + [{"question": "q2"}]
-    s = E.summarize(rows, [[1, 1, 1, 0], [1, 0, 0, 0]])
+    s = B.summarize(rows, [[1, 1, 1, 0], [1, 0, 0, 0]])
     assert (s["n"], s["n_unique"], s["runs"]) == (4, 2, 2)
     assert s["pass@1"] == pytest.approx((0.75 + 0.25) / 2)          # per row, mean over runs
     assert s["pass@1_std"] == pytest.approx(0.125 ** 0.5)            # Bessel: (0.25^2 + 0.25^2) / (2 - 1)
@@ -130,8 +131,8 @@ def test_summarize_per_row_per_unique_and_pass_at_n():
 def test_gpqa_options_are_shuffled_with_a_fixed_seed():
     ds = [{"Question": f"Q{i}?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
            "Incorrect Answer 3": "w3"} for i in range(40)]
-    rows = E._gpqa_rows(ds, seed=0)
-    assert rows == E._gpqa_rows(ds, seed=0)
+    rows = B._gpqa_rows(ds, seed=0)
+    assert rows == B._gpqa_rows(ds, seed=0)
     assert len({r["answer"] for r in rows}) == 4  # the right answer is not always A
     for r in rows:
         assert f"{r['answer']}) right" in r["question"] and r["choice"]
@@ -157,13 +158,13 @@ def test_regrading_the_released_file(tmp_path):
     shifted.write_text("".join(json.dumps({"index": r["index"], "response": f"\\boxed{{{s['answer']}}}"}) + "\n"
                                for r, s in zip(rows, rows[8:] + rows[:8])))  # AIME rows come 8 copies in a row
     t0 = time.monotonic()
-    res = E.main(["--data", str(SHARED_EVAL), "--predictions", str(right), "--output_dir", str(tmp_path / "a")])
+    res = B.main(["--data", str(SHARED_EVAL), "--predictions", str(right), "--output_dir", str(tmp_path / "a")])
     assert time.monotonic() - t0 < 60
     assert {k: (v["n"], v["n_unique"]) for k, v in res.items()} == {
         "aime24": (240, 30), "math500": (500, 500), "minerva": (272, 272), "olympiadbench": (675, 675),
         "amc23": (332, 83)}
     assert all(v["pass@1"] == 1.0 and v["pass@1_unique"] == 1.0 for v in res.values())
-    res = E.main(["--data", str(SHARED_EVAL), "--predictions", str(shifted), "--output_dir", str(tmp_path / "b")])
+    res = B.main(["--data", str(SHARED_EVAL), "--predictions", str(shifted), "--output_dir", str(tmp_path / "b")])
     assert all(v["pass@1"] < 0.05 for v in res.values()), res
     saved = json.loads((tmp_path / "b" / "results.json").read_text())
     assert saved["benchmarks"]["amc23"]["n"] == 332
@@ -172,7 +173,7 @@ def test_regrading_the_released_file(tmp_path):
 
 @pytest.mark.skipif(not SHARED_EVAL.exists(), reason=NO_SHARED)
 def test_generation_smoke_on_real_questions(tmp_path, tiny_model_dir, capsys):
-    res = E.main(["--model", tiny_model_dir, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500",
+    res = B.main(["--model", tiny_model_dir, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500",
                   "--limit", "3", "--samples", "2", "--max_new_tokens", "8",
                   "--dtype", "float32", "--output_dir", str(tmp_path)])
     assert set(res) == {"aime24", "math500"} and res["aime24"]["runs"] == 2 and "pass@2" in res["aime24"]
@@ -189,7 +190,7 @@ def test_pooled_generations_go_back_to_their_benchmark(tmp_path, tok):
     d = str(tmp_path / "chaotic-model")
     make_model(tok, init_std=0.5).save_pretrained(d)
     tok.save_pretrained(d)
-    E.main(["--model", d, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500", "--limit", "2",
+    B.main(["--model", d, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500", "--limit", "2",
             "--runs", "1", "--max_new_tokens", "6", "--dtype", "float32", "--output_dir", str(tmp_path)])
     model, tok = rollout.load_model_and_tokenizer(d, dtype="float32")
     lines = [json.loads(x) for x in open(tmp_path / "generations.jsonl")]

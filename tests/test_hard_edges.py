@@ -299,7 +299,7 @@ def test_sigkill_of_the_trainer_leaves_no_checker_worker(tmp_path, tiny_model_di
 
 @pytest.mark.slow
 def test_sigkill_of_evaluate_leaves_no_checker_worker_even_inside_a_check(tmp_path, tiny_data):
-    """evaluate.py re-grading answers that each keep math-verify busy for seconds (a tower of
+    """benchmark.py re-grading answers that each keep math-verify busy for seconds (a tower of
     powers, until math-verify's own 5 s limit): killed with SIGKILL while its workers are inside
     checks, where they read nothing from their parent, it leaves no worker behind."""
     rows = [json.loads(line) for line in open(tiny_data[1])]
@@ -308,7 +308,7 @@ def test_sigkill_of_evaluate_leaves_no_checker_worker_even_inside_a_check(tmp_pa
                              for i in range(len(rows))))
     log = tmp_path / "evaluate.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "evaluate.py"), "--data", tiny_data[1],
+        proc = subprocess.Popen([sys.executable, str(ROOT / "benchmark.py"), "--data", tiny_data[1],
                                  "--predictions", str(preds), "--output_dir", str(tmp_path / "ev")],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
