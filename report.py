@@ -3,6 +3,7 @@
     python report.py runs/grid                       # -> runs/grid/report/{report.md, curves.png, report.html}
     python report.py runs/grid_a runs/grid_b --ref dr_grpo --out runs/report
     python report.py --headline docs/results_seeds.json --plot docs/headline.png  # the headline
+    python report.py runs/grid --story docs/story.png   # the method in 3 panels (cg_gt, dr_grpo, cg_no_shaping)
 
 Table (one per held-out set): each arm's final accuracy as mean +- std over seeds, and its difference
 to the reference arm with a 95 % interval from a paired bootstrap: seeds and questions are resampled
@@ -288,6 +289,69 @@ def curves_figure(arms: dict):
         fig.text(0.01, 0.01, text, fontsize=8, va="bottom", color="0.3")
     fig.tight_layout(rect=(0, footer, 1, 1))
     return fig
+
+
+STORY = [  # (metric, panel title, which arms: "cg" = the Critique-GRPO arm, "ref", "no_shaping")
+    ("train/zero_adv_frac_after", "groups without a learning signal\n(zero advantage, after mixing)",
+     ("ref", "cg")),
+    ("train/reward", "training reward", ("ref", "cg")),
+    ("train/entropy", "policy entropy, with and without shaping f(p)", ("cg", "no_shaping")),
+]
+
+
+def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
+    """The method in three panels, each seed a thin line and the mean over seeds bold: GRPO's
+    all-wrong and all-right groups teach nothing (zero advantage), refinements give them a signal
+    back (panel 1, before mixing dashed); the training reward (panel 2); the entropy of the policy
+    with shaping and without (panel 3)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = {"cg": cg, "ref": ref, "no_shaping": no_shaping}
+    missing = sorted({names[r] for _, _, roles in STORY for r in roles} - set(arms))
+    if missing:
+        raise SystemExit(f"error: --story needs the arms {', '.join(missing)}; the grids hold "
+                         f"{', '.join(arms)} (--story_arms CG,REF,NO_SHAPING)")
+    colors = {cg: "C1", ref: "C0", no_shaping: "C2"}
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    for ax, (key, title, roles) in zip(axes, STORY):
+        for role in roles:
+            arm = names[role]
+            series = [{m["step"]: m[key] for m in run["metrics"] if isinstance(m.get(key), (int, float))}
+                      for run in arms[arm].values()]
+            series = [p for p in series if p]
+            for pts in series:
+                ax.plot(list(pts), list(pts.values()), color=colors[arm], lw=0.6, alpha=0.3)
+            steps = sorted(set().union(*series)) if series else []
+            mean = [np.mean([p[t] for p in series if t in p]) for t in steps]
+            ax.plot(steps, mean, color=colors[arm], lw=2.2, label=f"{arm} ({len(series)} seed{'s' if len(series) != 1 else ''})")
+            if key == "train/zero_adv_frac_after" and role == "cg":  # what GRPO alone would have had
+                before = [{m["step"]: m["train/zero_adv_frac_before"] for m in run["metrics"]
+                           if isinstance(m.get("train/zero_adv_frac_before"), (int, float))}
+                          for run in arms[arm].values()]
+                before = [p for p in before if p]
+                b_steps = sorted(set().union(*before)) if before else []
+                ax.plot(b_steps, [np.mean([p[t] for p in before if t in p]) for t in b_steps],
+                        color=colors[arm], lw=1.4, ls="--", label=f"{arm}, before mixing")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def small_png(fig, dpi: int = 90) -> bytes:
+    """A matplotlib figure as a small PNG for committing (PIL, matplotlib's own dependency: a
+    256-colour palette)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256).save(small, format="png", optimize=True)
+    return small.getvalue()
 
 
 def sample_cards(arms: dict) -> list[dict]:
@@ -578,13 +642,7 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
              "GRPO, paired by seed, with a 95 % t-interval over seeds.", ha="center", va="bottom",
              fontsize=7.5, color="0.3")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    from PIL import Image  # matplotlib's own dependency: a 256-colour palette keeps the file small
-    small = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(256).save(small, format="png", optimize=True)
-    return small.getvalue()
+    return small_png(fig, dpi)
 
 
 def main(argv=None):
@@ -599,6 +657,11 @@ def main(argv=None):
                                                 "else the first arm)")
     ap.add_argument("--out", default=None, help="output directory (default: <first grid>/report)")
     ap.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--story", default=None, metavar="PNG",
+                    help="also draw the method's story in three panels there (zero-advantage "
+                         "groups, training reward, entropy with and without shaping)")
+    ap.add_argument("--story_arms", default="cg_gt,dr_grpo,cg_no_shaping", metavar="CG,REF,NO_SHAPING",
+                    help="the arms --story draws: Critique-GRPO, the GRPO reference, no shaping")
     args = ap.parse_args(argv)
     if args.headline:
         print(headline(args.headline))
@@ -632,6 +695,9 @@ def main(argv=None):
             .replace("__STEP_OPTIONS__", opts(sorted({c["step"] for c in cards})))
             .replace("__CARDS__", json.dumps(cards).replace("</", "<\\/")))
     (out / "report.html").write_text(page)
+    if args.story:
+        Path(args.story).write_bytes(small_png(story_figure(arms, *args.story_arms.split(","))))
+        print(f"wrote {args.story}")
     print(f"wrote {out / 'report.md'}, {out / 'curves.png'}, {out / 'report.html'} ({len(cards)} sample groups)")
 
 

@@ -245,3 +245,34 @@ def test_report_curves_mark_evaluated_steps_and_leave_out_empty_panels(hand_grid
     report.main([str(hand_grid), "--ref", "ref"])
     md = (hand_grid / "report" / "report.md").read_text()
     assert report.curves_note(arms) in md and "clipped fraction (0 at every step" in md
+
+
+def test_story_figure_draws_the_three_panels_from_the_runs(hand_grid, tmp_path):
+    """Zero-advantage groups (Critique-GRPO after mixing, its before-mixing dashed, the reference),
+    training reward (both), entropy (with and without shaping): each mean line is the mean over the
+    seeds of what metrics.jsonl holds; a missing arm is a one-line error naming the flag."""
+    fake_run(hand_grid, "flat", 0, [0, 0, 0, 0], [1, 0, 0, 0], 90.0)
+    for arm, seed, shift in (("ref", 0, 0.0), ("ref", 1, 0.0), ("x", 0, 0.1), ("x", 1, 0.3), ("flat", 0, 0.0)):
+        path = hand_grid / arm / f"seed{seed}" / "metrics.jsonl"
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**m, "train/zero_adv_frac_before": 0.75,
+                                            "train/zero_adv_frac_after": 0.75 - shift,
+                                            "train/entropy": 0.5 if arm == "flat" else m["train/entropy"]}
+                                           if "train/reward" in m else m) + "\n" for m in metrics))
+    arms = report.load_grid([str(hand_grid)])
+    fig = report.story_figure(arms, "x", "ref", "flat")
+    zero, reward, entropy = fig.axes
+    means = {line.get_label(): list(line.get_ydata()) for line in zero.get_lines() if not line.get_label().startswith("_")}
+    assert means["x (2 seeds)"] == pytest.approx([0.55] * 10)          # 0.75 - mean(0.1, 0.3)
+    assert means["x, before mixing"] == pytest.approx([0.75] * 10)
+    assert means["ref (2 seeds)"] == pytest.approx([0.75] * 10)
+    labels = [line.get_label() for line in entropy.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["x (2 seeds)", "flat (1 seed)"]
+    flat = next(line for line in entropy.get_lines() if line.get_label() == "flat (1 seed)")
+    assert list(flat.get_ydata()) == [0.5] * 10 and list(flat.get_xdata()) == list(range(1, 11))
+    assert "training reward" in reward.get_title()
+    png = tmp_path / "story.png"
+    report.main([str(hand_grid), "--ref", "ref", "--story", str(png), "--story_arms", "x,ref,flat"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="--story needs the arms cg_no_shaping"):
+        report.story_figure(arms, "x", "ref", "cg_no_shaping")
