@@ -5,7 +5,7 @@ A failure raises AssertionError with the input and what was expected; an exercis
 raises NotImplementedError fails with "not implemented yet". tests/test_exercises.py runs every
 check on the reference code, on the untouched exercises and on typical wrong answers;
 exercises/test_NN_*.py run them on your exercise. The reference answers of the two diagnose
-exercises are here too: solution_07 and solution_08.
+exercises are here too: solution_07, solution_08 and solution_09 (which reads two runs).
 """
 from __future__ import annotations
 
@@ -564,3 +564,90 @@ def check_08(answers_fn):
            f"answers()['most_entropy_raising'] = {got.get('most_entropy_raising')!r} is wrong")
     number(got, "on_policy_grad_logp", want["on_policy_grad_logp"])
     number(got, "on_policy_grad_logp_if_shaped", want["on_policy_grad_logp_if_shaped"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 9 (diagnose, on your own run): the refine_ft collapse
+# ---------------------------------------------------------------------------------------------
+def read_run(run_dir) -> dict:
+    """A train.py run's config, per-step metrics, evaluations ({step: accuracy}) and the answers
+    of its last evaluation on the first held-out set."""
+    import json
+    from pathlib import Path
+    run = Path(run_dir)
+    expect((run / "config.json").exists() and (run / "metrics.jsonl").exists(),
+           f"{run} is not a train.py run directory (no config.json / metrics.jsonl): run the "
+           f"exercise's commands first")
+    config = json.loads((run / "config.json").read_text())
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    evals = {m["step"]: m["eval/accuracy"] for m in metrics if "eval/accuracy" in m}
+    expect(len(evals) >= 2 and max(evals) == config["max_steps"],
+           f"{run} has no final evaluation (evaluated steps {sorted(evals)}): let the run finish")
+    first_set = Path(config["eval_data"].split(",")[0]).stem
+    final = [json.loads(line) for line in (run / f"eval-{max(evals)}.jsonl").read_text().splitlines()
+             if line]
+    return {"config": config, "steps": [m for m in metrics if "grad_norm" in m], "evals": evals,
+            "answers": [r["response"] for r in final if r.get("set", first_set) == first_set]}
+
+
+def share_containing(texts: list[str], phrase: str) -> float:
+    return sum(phrase.lower() in t.lower() for t in texts) / max(len(texts), 1)
+
+
+def solution_09(run_dir: str, reference_dir: str) -> dict:
+    """The reference answers, read from the two runs' files. The phrase: the word 4-gram in the
+    most refine_ft final answers among those in under a tenth of Critique-GRPO's."""
+    run, ref = read_run(run_dir), read_run(reference_dir)
+    counts: dict[str, int] = {}
+    for text in run["answers"]:
+        words = text.split()
+        for g in {" ".join(words[i: i + 4]) for i in range(len(words) - 3)}:
+            counts[g] = counts.get(g, 0) + 1
+    phrases = [g for g in sorted(counts, key=lambda g: (-counts[g], g))
+               if len(g) >= 10 and share_containing(ref["answers"], g) < 0.1]
+    return {"run_dir": str(run_dir), "reference_dir": str(reference_dir),
+            "accuracy": {"step0": run["evals"][0], "final": run["evals"][max(run["evals"])]},
+            "max_grad_norm": {"refine_ft": max(m["grad_norm"] for m in run["steps"]),
+                              "critique_grpo": max(m["grad_norm"] for m in ref["steps"])},
+            "examples_per_step": [m.get("baseline/examples", 0) for m in run["steps"]],
+            "phrase": phrases[0] if phrases else "", "why": "B"}
+
+
+def check_09(answers_fn):
+    """answers_fn() -> dict, checked against the runs it names: they are the right kinds of run,
+    the refine_ft run collapsed, and the numbers, phrase and diagnosis agree with their files."""
+    got = call(answers_fn)
+    expect(isinstance(got, dict), f"answers() must return a dict, got {type(got).__name__}")
+    for key in ("run_dir", "reference_dir"):
+        expect(isinstance(got.get(key), str), f"answers()[{key!r}] must be a directory (str)")
+    run, ref = read_run(got["run_dir"]), read_run(got["reference_dir"])
+    expect(run["config"]["baseline"] == "refine_ft",
+           f"{got['run_dir']} was run with --baseline {run['config']['baseline']}, not refine_ft")
+    expect(ref["config"]["baseline"] == "none" and ref["config"]["critique_type"] != "none",
+           f"{got['reference_dir']} is not a Critique-GRPO run (baseline "
+           f"{ref['config']['baseline']}, critique_type {ref['config']['critique_type']})")
+    expect(run["config"]["seed"] == ref["config"]["seed"],
+           f"the two runs have different seeds ({run['config']['seed']} and "
+           f"{ref['config']['seed']}): compare them at the same seed")
+    want = solution_09(got["run_dir"], got["reference_dir"])
+    expect(want["accuracy"]["final"] < want["accuracy"]["step0"],
+           f"your refine_ft run did not collapse (held-out accuracy {want['accuracy']['step0']:.3f}"
+           f" -> {want['accuracy']['final']:.3f}): look at its answers anyway, and try another "
+           f"--seed for both runs")
+    for group in ("accuracy", "max_grad_norm"):
+        expect(isinstance(got.get(group), dict),
+               f"answers()[{group!r}] must be a dict with keys {sorted(want[group])}")
+        for key, value in want[group].items():
+            number(got[group], key, value, label=f"answers()[{group!r}]")
+    numbers(got, "examples_per_step", want["examples_per_step"])
+    phrase = got.get("phrase")
+    expect(isinstance(phrase, str) and len(phrase.strip()) >= 10,
+           "answers()['phrase'] must be words of at least 10 characters")
+    in_run, in_ref = share_containing(run["answers"], phrase), share_containing(ref["answers"], phrase)
+    expect(in_run >= 0.5, f"{phrase!r} is in {in_run:.0%} of refine_ft's final answers, not at "
+           f"least half: read {got['run_dir']}/eval-{max(run['evals'])}.jsonl")
+    expect(in_ref < 0.1, f"{phrase!r} is also in {in_ref:.0%} of Critique-GRPO's final answers: "
+           f"find what refine_ft says that a plain answer does not")
+    expect(got.get("why") == want["why"], f"answers()['why'] = {got.get('why')!r}: not what these "
+           f"numbers support (compare --baseline sft, which trains by NLL at the same lr and "
+           f"does not collapse)")

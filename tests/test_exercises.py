@@ -1,5 +1,8 @@
 """The exercise graders (exercises/graders.py) are right: each passes the reference code, fails the
 untouched exercise with "not implemented yet", and fails typical wrong answers."""
+import functools
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ import loss as L
 from exercises import conftest as exercises_conftest
 from exercises import graders as G
 from exercises import (ex01_advantages, ex02_shaping, ex03_selection, ex04_mixing, ex05_policy_loss,
-                       ex06_refinement_prompt, ex07_all_wrong_group, ex08_shaping_entropy)
+                       ex06_refinement_prompt, ex07_all_wrong_group, ex08_shaping_entropy,
+                       ex09_refine_ft_collapse)
 
 
 def solution_07():
@@ -21,6 +25,44 @@ def solution_07():
 def solution_08():
     ex = ex08_shaping_entropy
     return G.solution_08(ex.LOGITS, ex.HIGH, ex.LOW)
+
+
+def fake_run(root: Path, name: str, baseline: str, accuracy: tuple, grad_norms: list, answers: list,
+             seed: int = 0) -> str:
+    """A run directory as train.py writes it: config.json, metrics.jsonl (steps, then evaluations
+    at step 0 and the last step) and the last evaluation's answers (first set, then another)."""
+    run = root / name
+    run.mkdir(parents=True)
+    steps = len(grad_norms)
+    (run / "config.json").write_text(json.dumps({
+        "baseline": baseline, "critique_type": "indicative_gt", "seed": seed, "max_steps": steps,
+        "eval_data": "data/test.jsonl,data/test_rephrased.jsonl"}))
+    lines = [{"step": 0, "eval/accuracy": accuracy[0]}]
+    lines += [{"step": s + 1, "grad_norm": g, **({"baseline/examples": s + 1} if baseline != "none" else {})}
+              for s, g in enumerate(grad_norms)]
+    lines += [{"step": steps, "eval/accuracy": accuracy[1]}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    evals = [{"set": "test", "response": a} for a in answers]
+    evals += [{"set": "test_rephrased", "response": "The correct answer is: 3"}] * 4  # not the first set
+    (run / f"eval-{steps}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    return str(run)
+
+
+@functools.lru_cache(maxsize=None)
+def runs_09() -> dict:
+    """Two runs at seed 0 as exercise 9 asks for (refine_ft collapsed and saying 'The correct answer
+    is: ...'; Critique-GRPO learning), and one refine_ft run that did not collapse."""
+    root = Path(tempfile.mkdtemp(prefix="ex09_"))
+    said = ["Let me compute. The correct answer is: 5", "Let me compute. The correct answer is: 7",
+            "Let me compute. 2 + 2 = 4", "Let me compute. The correct answer is: 9"]
+    return {"refine_ft": fake_run(root, "refine_ft", "refine_ft", (0.25, 0.0), [0.9, 2.5, 1.2], said),
+            "cg": fake_run(root, "cg", "none", (0.25, 0.5), [0.05, 0.08, 0.04],
+                           ["Let me compute. 3 + 2 = 5", "Let me compute. 7", "Let me compute. 4", "9"]),
+            "no_collapse": fake_run(root, "no_collapse", "refine_ft", (0.25, 0.5), [0.9, 2.5, 1.2], said)}
+
+
+def solution_09():
+    return G.solution_09(runs_09()["refine_ft"], runs_09()["cg"])
 
 
 # grader name -> (check, the reference functions, the untouched exercise's functions)
@@ -38,6 +80,7 @@ GRADERS = {
                              (ex06_refinement_prompt.refinement_prompt,)),
     "07_all_wrong_group": (G.check_07, (solution_07,), (ex07_all_wrong_group.answers,)),
     "08_shaping_entropy": (G.check_08, (solution_08,), (ex08_shaping_entropy.answers,)),
+    "09_refine_ft_collapse": (G.check_09, (solution_09,), (ex09_refine_ft_collapse.answers,)),
 }
 
 
@@ -227,6 +270,12 @@ def answers_08(**changes):
     return answers
 
 
+def answers_09(**changes):
+    def answers():
+        return {**solution_09(), **changes}
+    return answers
+
+
 S8 = solution_08()
 WRONG = {
     "01 sign flipped": (G.check_advantages, adv_sign),
@@ -268,6 +317,15 @@ WRONG = {
     "08 high-p token blamed": (G.check_08, answers_08(most_entropy_raising="high_unshaped")),
     "08 shaping on on-policy is fine": (G.check_08, answers_08(
         on_policy_grad_logp=S8["on_policy_grad_logp_if_shaped"])),
+    "09 step 0 and final swapped": (G.check_09, answers_09(accuracy={"step0": 0.0, "final": 0.25})),
+    "09 the other run's grad norm": (G.check_09, answers_09(
+        max_grad_norm={"refine_ft": 0.08, "critique_grpo": 0.08})),
+    "09 a phrase both runs say": (G.check_09, answers_09(phrase="Let me compute.")),
+    "09 a phrase refine_ft rarely says": (G.check_09, answers_09(phrase="2 + 2 = 4")),
+    "09 the learning rate blamed": (G.check_09, answers_09(why="A")),
+    "09 the runs swapped": (G.check_09, answers_09(run_dir=runs_09()["cg"],
+                                                   reference_dir=runs_09()["refine_ft"])),
+    "09 a run that did not collapse": (G.check_09, answers_09(run_dir=runs_09()["no_collapse"])),
 }
 
 
