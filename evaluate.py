@@ -288,3 +288,8 @@ def record(row: dict, response: str, correct: float) -> dict:
     return {"question": row["question"], "response": response, "ground_truth": row["answer"],
             "correct": bool(correct),
             "extracted": choice_letter(response) if row.get("choice") else extract_answer(response)}
+
+
+if __name__ == "__main__":  # the command line moved on 2026-12-02
+    raise SystemExit("error: the benchmarks moved to benchmark.py: python benchmark.py "
+                     + " ".join(sys.argv[1:]))
