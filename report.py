@@ -324,7 +324,8 @@ def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
                 ax.plot(list(pts), list(pts.values()), color=colors[arm], lw=0.6, alpha=0.3)
             steps = sorted(set().union(*series)) if series else []
             mean = [np.mean([p[t] for p in series if t in p]) for t in steps]
-            ax.plot(steps, mean, color=colors[arm], lw=2.2, label=f"{arm} ({len(series)} seed{'s' if len(series) != 1 else ''})")
+            seeds = f"{len(series)} seed{'s' if len(series) != 1 else ''}"
+            ax.plot(steps, mean, color=colors[arm], lw=2.2, label=f"{arm} ({seeds})")
             if key == "train/zero_adv_frac_after" and role == "cg":  # what GRPO alone would have had
                 before = [{m["step"]: m["train/zero_adv_frac_before"] for m in run["metrics"]
                            if isinstance(m.get("train/zero_adv_frac_before"), (int, float))}
@@ -663,6 +664,8 @@ def main(argv=None):
     ap.add_argument("--story_arms", default="cg_gt,dr_grpo,cg_no_shaping", metavar="CG,REF,NO_SHAPING",
                     help="the arms --story draws: Critique-GRPO, the GRPO reference, no shaping")
     args = ap.parse_args(argv)
+    if len(args.story_arms.split(",")) != 3:
+        ap.error("--story_arms takes three arms: CG,REF,NO_SHAPING")
     if args.headline:
         print(headline(args.headline))
         if args.plot:

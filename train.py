@@ -187,7 +187,8 @@ class Config:
     gradient_checkpointing: bool = False
     """recompute each layer's activations in backward: less memory, ~30% more update time"""
     gen_batch_size: int = 0
-    """sequences per generate call (0 = as many as fit in half the free memory)"""
+    """sequences per generate call (0 = as many as fit in half the free memory); sampling takes
+    whole groups, at least one"""
     merge_lora: bool = True
     """sample with the LoRA merged into the weights (the base weights are restored bit-exactly
     after)"""

@@ -1,7 +1,7 @@
 r"""Exercise 9 (diagnose, on your own run): refinement fine-tuning collapses, Critique-GRPO does not.
 
-`--baseline refine_ft` trains on the same correct refinements that Critique-GRPO mixes into its
-groups, but by plain likelihood (the token-mean NLL) as answers to the bare question: no advantage,
+`--baseline refine_ft` trains on the same kind of correct refinements that Critique-GRPO mixes into
+its groups, but by plain likelihood (the token-mean NLL) as answers to the bare question: no advantage,
 no wrong answers pushed down beside them, no shaping f(p). Run it next to the default
 Critique-GRPO run, same seed, from the repository root (each about 6-8 minutes on 2 CPU cores):
 

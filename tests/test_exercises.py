@@ -1,7 +1,9 @@
 """The exercise graders (exercises/graders.py) are right: each passes the reference code, fails the
 untouched exercise with "not implemented yet", and fails typical wrong answers."""
+import atexit
 import functools
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,14 +30,14 @@ def solution_08():
 
 
 def fake_run(root: Path, name: str, baseline: str, accuracy: tuple, grad_norms: list, answers: list,
-             seed: int = 0) -> str:
+             seed: int = 0, critique_type: str = "indicative_gt") -> str:
     """A run directory as train.py writes it: config.json, metrics.jsonl (steps, then evaluations
     at step 0 and the last step) and the last evaluation's answers (first set, then another)."""
     run = root / name
     run.mkdir(parents=True)
     steps = len(grad_norms)
     (run / "config.json").write_text(json.dumps({
-        "baseline": baseline, "critique_type": "indicative_gt", "seed": seed, "max_steps": steps,
+        "baseline": baseline, "critique_type": critique_type, "seed": seed, "max_steps": steps,
         "eval_data": "data/test.jsonl,data/test_rephrased.jsonl"}))
     lines = [{"step": 0, "eval/accuracy": accuracy[0]}]
     lines += [{"step": s + 1, "grad_norm": g, **({"baseline/examples": s + 1} if baseline != "none" else {})}
@@ -53,12 +55,15 @@ def runs_09() -> dict:
     """Two runs at seed 0 as exercise 9 asks for (refine_ft collapsed and saying 'The correct answer
     is: ...'; Critique-GRPO learning), and one refine_ft run that did not collapse."""
     root = Path(tempfile.mkdtemp(prefix="ex09_"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     said = ["Let me compute. The correct answer is: 5", "Let me compute. The correct answer is: 7",
             "Let me compute. 2 + 2 = 4", "Let me compute. The correct answer is: 9"]
     return {"refine_ft": fake_run(root, "refine_ft", "refine_ft", (0.25, 0.0), [0.9, 2.5, 1.2], said),
             "cg": fake_run(root, "cg", "none", (0.25, 0.5), [0.05, 0.08, 0.04],
                            ["Let me compute. 3 + 2 = 5", "Let me compute. 7", "Let me compute. 4", "9"]),
-            "no_collapse": fake_run(root, "no_collapse", "refine_ft", (0.25, 0.5), [0.9, 2.5, 1.2], said)}
+            "no_collapse": fake_run(root, "no_collapse", "refine_ft", (0.25, 0.5), [0.9, 2.5, 1.2], said),
+            "expert": fake_run(root, "expert", "none", (0.25, 0.5), [0.05, 0.08, 0.04], ["4"] * 4,
+                               critique_type="expert")}
 
 
 def solution_09():
@@ -321,7 +326,8 @@ WRONG = {
     "09 the other run's grad norm": (G.check_09, answers_09(
         max_grad_norm={"refine_ft": 0.08, "critique_grpo": 0.08})),
     "09 a phrase both runs say": (G.check_09, answers_09(phrase="Let me compute.")),
-    "09 a phrase refine_ft rarely says": (G.check_09, answers_09(phrase="2 + 2 = 4")),
+    "09 a phrase refine_ft rarely says": (G.check_09, answers_09(phrase="compute. 2 + 2 = 4")),
+    "09 expert as the reference": (G.check_09, answers_09(reference_dir=runs_09()["expert"])),
     "09 the learning rate blamed": (G.check_09, answers_09(why="A")),
     "09 the runs swapped": (G.check_09, answers_09(run_dir=runs_09()["cg"],
                                                    reference_dir=runs_09()["refine_ft"])),

@@ -121,6 +121,9 @@ def test_samples_share_their_prompt_and_come_back_prompt_by_prompt(tok):
                                   batch_size=batch_size)
         assert shared == repeated
     assert len({tuple(r) for r in repeated}) > 1
+    static = rollout.generate(model, tok, prompts, samples=3, max_new_tokens=10, temperature=0,
+                              static_cache=True, batch_size=4)  # fixed shapes: the prompt in every row
+    assert static == repeated
     torch.manual_seed(0)
     drawn = rollout.generate(model, tok, prompts[:1], samples=6, max_new_tokens=10, temperature=1.0)
     assert len(drawn) == 6 and len({tuple(r) for r in drawn}) > 1
