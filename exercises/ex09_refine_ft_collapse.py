@@ -3,7 +3,8 @@ r"""Exercise 9 (diagnose, on your own run): refinement fine-tuning collapses, Cr
 `--baseline refine_ft` trains on the same kind of correct refinements that Critique-GRPO mixes into
 its groups, but by plain likelihood (the token-mean NLL) as answers to the bare question: no advantage,
 no wrong answers pushed down beside them, no shaping f(p). Run it next to the default
-Critique-GRPO run, same seed, from the repository root (each about 6-8 minutes on 2 CPU cores):
+Critique-GRPO run, same seed, from the repository root (on 2 CPU cores about 10 minutes for the
+first, which also evaluates the untrained model, and 7 for the second, which reuses that evaluation):
 
     python train.py --output_dir runs/ex09_critique_grpo
     python train.py --baseline refine_ft --output_dir runs/ex09_refine_ft
