@@ -74,8 +74,10 @@ class Recorder:
 
         def generate(model, tokenizer, prompts, **kw):
             out = real["generate"](model, tokenizer, prompts, **kw)
-            rec.generate.append(dict(desc=kw.get("desc"), prompts=[list(p) for p in prompts],
-                                     outputs=[list(o) for o in out]))
+            # one prompt per output: a prompt's samples (samples=n) share it
+            rec.generate.append(dict(desc=kw.get("desc"), outputs=[list(o) for o in out],
+                                     prompts=[list(p) for p in prompts
+                                              for _ in range(kw.get("samples", 1))]))
             return out
 
         def mix_groups(*args):
@@ -300,6 +302,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
     metrics = next(m for m in rec.metrics if "loss" in m)
     samples = rec.samples
     sampled = next(c for c in rec.generate if c["desc"] == "sample")
+    assert len(sampled["prompts"]) == len(sampled["outputs"]) == len(samples)
     refine_calls = [c for c in rec.generate if c["desc"] == "refine"]
     refine_prompts = refine_calls[0]["prompts"] if refine_calls else []
     groups = groups_of(rec)
