@@ -257,10 +257,11 @@ def random_responses():
     import rollout
     import torch
 
-    def generate(model, tokenizer, prompts, *, max_new_tokens, **_):
+    def generate(model, tokenizer, prompts, *, max_new_tokens, samples=1, **_):
         vocab = min(len(tokenizer), model.config.get_text_config().vocab_size)
-        g = torch.Generator().manual_seed(len(prompts))
-        return torch.randint(2, vocab, (len(prompts), max_new_tokens), generator=g).tolist()
+        rows = len(prompts) * samples  # train.py samples a group's n answers from one prompt
+        g = torch.Generator().manual_seed(rows)
+        return torch.randint(2, vocab, (rows, max_new_tokens), generator=g).tolist()
     return patched(rollout, "generate", generate)
 
 
