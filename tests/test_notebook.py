@@ -2,7 +2,7 @@
 
 The test runs it with CRITIQUE_GRPO_NOTEBOOK=tiny: its first code cell then takes the tiny random
 model and the few questions written here into CRITIQUE_GRPO_NOTEBOOK_DIR, and trains 2 steps instead
-of the embedded model's 6 (seconds instead of ~10 minutes). Needs nbclient, nbformat and ipykernel
+of the embedded model's 6 (seconds instead of ~4½ minutes). Needs nbclient, nbformat and ipykernel
 (requirements.txt); the kernel is this interpreter's, from a kernelspec the test writes.
 """
 import json
