@@ -238,6 +238,20 @@ def curves_png(arms: dict) -> bytes:
     return buf.getvalue()
 
 
+def seed_series(runs: dict, key: str) -> list[dict]:
+    """One {step: value} per seed that logged `key` as a number (nan: nothing to log that step)."""
+    series = [{m["step"]: m[key] for m in run["metrics"]
+               if isinstance(m.get(key), (int, float)) and not math.isnan(m[key])}
+              for run in runs.values()]
+    return [pts for pts in series if pts]
+
+
+def mean_curve(series: list[dict]) -> tuple[list, list]:
+    """Steps and, at each, the mean over the seeds that logged it."""
+    steps = sorted(set().union(*series)) if series else []
+    return steps, [float(np.mean([p[s] for p in series if s in p])) for s in steps]
+
+
 def curves_figure(arms: dict):
     """One panel per metric: each seed a thin line, the arm's mean over seeds bold. Held-out
     accuracy is measured only at evaluation steps: there each seed is a dot and the mean a marker,
@@ -255,20 +269,15 @@ def curves_figure(arms: dict):
         sparse = key.startswith("eval/")  # measured at a few steps only: markers, not a trajectory
         for c, (arm, runs) in enumerate(arms.items()):
             color = f"C{c}"
-            series = []
-            for run in runs.values():
-                pts = {m["step"]: m[key] for m in run["metrics"] if key in m and m[key] is not None
-                       and not (isinstance(m[key], float) and math.isnan(m[key]))}
-                if pts:
-                    if sparse:
-                        ax.plot(list(pts), list(pts.values()), ls="none", marker="o", ms=3,
-                                color=color, alpha=0.4)
-                    else:
-                        ax.plot(list(pts), list(pts.values()), color=color, lw=0.7, alpha=0.35)
-                    series.append(pts)
-            steps = sorted(set().union(*series))  # the mean over the seeds that logged a step (nan = nothing to log)
+            series = seed_series(runs, key)
+            for pts in series:
+                if sparse:
+                    ax.plot(list(pts), list(pts.values()), ls="none", marker="o", ms=3,
+                            color=color, alpha=0.4)
+                else:
+                    ax.plot(list(pts), list(pts.values()), color=color, lw=0.7, alpha=0.35)
+            steps, mean = mean_curve(series)
             if steps:
-                mean = [np.mean([p[s] for p in series if s in p]) for s in steps]
                 if sparse:
                     ax.plot(steps, mean, color=color, lw=1.2, ls=":", marker="D", ms=6, label=arm)
                 else:
@@ -317,22 +326,13 @@ def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
     for ax, (key, title, roles) in zip(axes, STORY):
         for role in roles:
             arm = names[role]
-            series = [{m["step"]: m[key] for m in run["metrics"] if isinstance(m.get(key), (int, float))}
-                      for run in arms[arm].values()]
-            series = [p for p in series if p]
+            series = seed_series(arms[arm], key)
             for pts in series:
                 ax.plot(list(pts), list(pts.values()), color=colors[arm], lw=0.6, alpha=0.3)
-            steps = sorted(set().union(*series)) if series else []
-            mean = [np.mean([p[t] for p in series if t in p]) for t in steps]
             seeds = f"{len(series)} seed{'s' if len(series) != 1 else ''}"
-            ax.plot(steps, mean, color=colors[arm], lw=2.2, label=f"{arm} ({seeds})")
+            ax.plot(*mean_curve(series), color=colors[arm], lw=2.2, label=f"{arm} ({seeds})")
             if key == "train/zero_adv_frac_after" and role == "cg":  # what GRPO alone would have had
-                before = [{m["step"]: m["train/zero_adv_frac_before"] for m in run["metrics"]
-                           if isinstance(m.get("train/zero_adv_frac_before"), (int, float))}
-                          for run in arms[arm].values()]
-                before = [p for p in before if p]
-                b_steps = sorted(set().union(*before)) if before else []
-                ax.plot(b_steps, [np.mean([p[t] for p in before if t in p]) for t in b_steps],
+                ax.plot(*mean_curve(seed_series(arms[arm], "train/zero_adv_frac_before")),
                         color=colors[arm], lw=1.4, ls="--", label=f"{arm}, before mixing")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
