@@ -383,11 +383,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
 def _prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, copies: int) -> dict:
     """The KV cache of left-padded prompts (U, P), each row repeated `copies` times, as the keyword
     `generate` takes it."""
-    from transformers import DynamicCache
-    backbone = model.get_decoder()
-    cache, kw = DynamicCache(), _cache_kwarg(backbone)
-    backbone(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-             use_cache=True, **{kw: cache})
+    _, cache, kw = prompt_pass(model.get_decoder(), ids, mask)
     cache.batch_repeat_interleave(copies)
     return {kw: cache}
 
@@ -481,6 +477,21 @@ def _cache_kwarg(backbone) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from an attention mask, as `generate` makes them: left padding shifts nothing."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_pass(backbone, ids: torch.Tensor, mask: torch.Tensor):
+    """Left-padded prompts (U, P) through the decoder once: their hidden states (U, P, H), their KV
+    cache, and the keyword the model takes that cache by (sampling and the update share prompts)."""
+    from transformers import DynamicCache
+    cache, kw = DynamicCache(), _cache_kwarg(backbone)
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                      use_cache=True, **{kw: cache}).last_hidden_state
+    return hidden, cache, kw
+
+
 def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tokens: int = 1024,
                       entropy: bool = True):
     """log pi(y_t | x, y_<t) and the policy's entropy at each response position, (N, R) each, for a
@@ -503,27 +514,23 @@ def response_logprobs(model, batch: dict, *, temperature: float = 1.0, chunk_tok
     (N, r), P = rids.shape, pids.shape[1]
     backbone, head = model.get_decoder(), model.get_output_embeddings()
     am = torch.cat([pm[pidx], rm[:, : r - 1]], dim=1)                       # (N, P + r - 1)
-    positions = (am.cumsum(-1) - 1).clamp(min=0)
+    pos = positions(am)
     # transformers 5; 4.x: is_gradient_checkpointing
     checkpointing = getattr(model, "is_activation_checkpointing", None)
     if checkpointing is None:
         checkpointing = getattr(model, "is_gradient_checkpointing", False)
     if checkpointing and torch.is_grad_enabled():
         hidden = backbone(input_ids=torch.cat([pids[pidx], rids[:, : r - 1]], dim=1),
-                          attention_mask=am, position_ids=positions,
+                          attention_mask=am, position_ids=pos,
                           use_cache=False).last_hidden_state[:, P - 1:]     # (N, r, H)
     else:
-        from transformers import DynamicCache
-        cache, kw = DynamicCache(), _cache_kwarg(backbone)
         # (U, H): the last prompt position predicts y_1
-        h_prompt = backbone(input_ids=pids, attention_mask=pm,
-                            position_ids=(pm.cumsum(-1) - 1).clamp(min=0),
-                            use_cache=True, **{kw: cache}).last_hidden_state[:, -1]
-        hidden = h_prompt[pidx].unsqueeze(1)                                # (N, 1, H)
+        h_prompt, cache, kw = prompt_pass(backbone, pids, pm)
+        hidden = h_prompt[:, -1][pidx].unsqueeze(1)                         # (N, 1, H)
         if r > 1:
             cache.batch_select_indices(pidx)                                # (U, ...) -> (N, ...)
             h_resp = backbone(input_ids=rids[:, : r - 1], attention_mask=am,
-                              position_ids=positions[:, P:], use_cache=True,
+                              position_ids=pos[:, P:], use_cache=True,
                               **{kw: cache}).last_hidden_state              # (N, r-1, H): y_2..y_r
             hidden = torch.cat([hidden, h_resp], dim=1)                     # (N, r, H)
     keep = rm.bool()
