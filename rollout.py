@@ -9,6 +9,7 @@ on response positions only, never on the prompt (`response_logprobs`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import os
@@ -272,17 +273,23 @@ class _DecodeStep:
     49k tokens on 2 CPU cores, against < 1 ms here (bench/rollout.py). The same distribution, other
     random draws."""
 
-    def __init__(self, temperature: float, top_p: float, eos: list[int], bar, rows: int):
-        # rows: real, not padding
+    def __init__(self, temperature: float, top_p: float, eos: list[int], bar, rows: int,
+                 width: int = 0):
+        # rows: real, not padding; width: the batch's rows when it started (0: rows)
         self.temperature, self.top_p, self.bar, self.rows = temperature, top_p, bar, rows
-        self.eos, self.done = torch.tensor(eos), None
+        self.eos, self.width = torch.tensor(eos), width or rows
+        self.segment(torch.arange(self.width))
+
+    def segment(self, active: torch.Tensor):
+        """A new `generate` call on the batch's rows `active` (none of them finished)."""
+        self.active, self.done = active, None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.done is None:  # first step: nothing generated yet
+        if self.done is None:  # first step of a call: no row has finished
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         else:
             self.done |= torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
-        self.bar.update(int((~self.done[: self.rows]).sum()))
+        self.bar.update(int((~self.done & (self.active.to(self.done.device) < self.rows)).sum()))
         if self.temperature <= 0:
             return scores
         probs = torch.softmax(scores / self.temperature, dim=-1)                           # (B, V)
@@ -291,7 +298,10 @@ class _DecodeStep:
             sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= self.top_p] = 0.0
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
         cdf = probs.cumsum(-1)                                                             # (B, V)
-        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]                  # (B, 1)
+        # a uniform for every row the batch started with, finished or not: a row's draws do not
+        # depend on which others are still running
+        u = torch.rand(self.width, 1, device=cdf.device)[self.active.to(cdf.device)]
+        u = u * cdf[:, -1:]                                                                # (B, 1)
         # the first token whose cdf > u
         token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)        # (B, 1)
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
@@ -315,8 +325,9 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     group's prompt runs once instead of n times; with the static cache every row runs it).
 
     Prompts are sorted by length so a batch holds similar lengths (less padding); results come
-    back in the input order. Each response is cut after its first EOS (EOS kept); `generate` stops
-    as soon as every sequence of a batch has produced one. batch_size 0 = as many as fit in memory.
+    back in the input order. Each response is cut after its first EOS (EOS kept); every SEGMENT
+    tokens the rows that have produced one leave the batch (`_decode`), and a batch stops when all
+    have. batch_size 0 = as many as fit in memory.
     Sampling and the progress bar (generated tokens) are `_DecodeStep`'s.
     merge_lora: see `lora_merged`. static_cache: a preallocated KV cache, which transformers
     compiles (CUDA graphs) on GPU; prompt lengths and batches are padded to powers of two (prompts
@@ -324,7 +335,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     rows take random draws, so sampled tokens differ from the dynamic-cache path (greedy ones do
     not).
     """
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import GenerationConfig
     eos = eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
@@ -365,19 +376,56 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
             if samples > 1:  # all but the last prompt token: generate runs that one per row
                 shared = _prompt_cache(model, ids[:, :-1], mask[:, :-1], samples)
                 ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
-            step = _DecodeStep(temperature, top_p, eos, bar, len(idx) * samples)
+            step = _DecodeStep(temperature, top_p, eos, bar, len(idx) * samples, len(ids))
             counted = bar.n
-            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
-                                  logits_processor=LogitsProcessorList([step]), **shared)
+            new = _decode(model, ids, mask, gen_cfg, step, shared, eos,
+                          max_new_tokens if static_cache else SEGMENT)
             for r, i in enumerate(idx):
                 for j in range(samples):
-                    out[i * samples + j] = cut_at_eos(seqs[r * samples + j, P:].tolist(), eos)
+                    out[i * samples + j] = cut_at_eos(new[r * samples + j], eos)
             # the budget this batch did not use
             bar.total -= len(idx) * samples * max_new_tokens - (bar.n - counted)
             bar.refresh()
     bar.close()
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+# new tokens per `generate` call; between calls, rows that have finished leave the batch
+SEGMENT = 8
+
+
+def _decode(model, ids, mask, gen_cfg, step, cache: dict, eos: list[int],
+            segment: int) -> list[list[int]]:
+    """`generate` on left-padded prompts ids (B, P), `segment` new tokens per call: after each call
+    the rows that have produced an EOS leave the batch with their KV-cache rows, so a batch stops
+    decoding answers that have ended (`generate` alone runs every row to the longest answer). The
+    next call takes the sequences so far and the cache, which holds all but the last token, and
+    runs that token per row. Greedy tokens are those of one call, sampled ones too (see
+    `_DecodeStep`), up to rounding in the smaller batches. Returns each row's new tokens (B lists).
+    """
+    from transformers import DynamicCache, LogitsProcessorList
+    new: list[list[int]] = [[] for _ in range(len(ids))]
+    active, left = torch.arange(len(ids)), gen_cfg.max_new_tokens
+    if segment < left and not cache:
+        cache = {_cache_kwarg(model.get_decoder()): DynamicCache()}
+    while True:
+        step.segment(active)
+        gen_cfg = copy.copy(gen_cfg)
+        gen_cfg.max_new_tokens = min(segment, left)
+        seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                              logits_processor=LogitsProcessorList([step]), **cache)
+        tokens = seqs[:, ids.shape[1]:]                                                  # (b, s)
+        for r, a in enumerate(active.tolist()):
+            new[a] += tokens[r].tolist()
+        left -= tokens.shape[1]
+        running = ~torch.isin(tokens, torch.tensor(eos, device=tokens.device)).any(1)    # (b,)
+        if left <= 0 or not running.any():
+            return new
+        keep = running.nonzero().squeeze(1)
+        next(iter(cache.values())).batch_select_indices(keep)
+        ids, mask = seqs[keep], torch.cat([mask, torch.ones_like(tokens)], 1)[keep]
+        active = active[keep.cpu()]
 
 
 def _prompt_cache(model, ids: torch.Tensor, mask: torch.Tensor, copies: int) -> dict:

@@ -56,9 +56,12 @@ def add_lora(model, r: int = 16, alpha: int = 32, seed: int = 0):
     return model
 
 
-def questions(n: int) -> list[str]:
+def questions(n: int, heldout: bool = False) -> list[str]:
+    """The first n training questions, or of the held-out sets train.py evaluates on by default."""
     import data
-    rows = data.load_rows(str(Path(__file__).resolve().parents[1] / "data" / "train.jsonl"))
+    root = Path(__file__).resolve().parents[1] / "data"
+    files = ["test.jsonl", "test_rephrased.jsonl"] if heldout else ["train.jsonl"]
+    rows = [r for f in files for r in data.load_rows(str(root / f))]
     return [r["question"] for r in rows[:n]]
 
 

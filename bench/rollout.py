@@ -7,6 +7,12 @@ compile on GPU), on the same model, prompts, batch and lengths, alternating in o
 
     python bench/rollout.py                                   # embedded model, 32 sequences (one default step)
     python bench/rollout.py --model qwen2.5-0.5b --num_seqs 256 --max_new_tokens 512   # on a GPU
+    python bench/rollout.py --heldout --num_seqs 250 --max_new_tokens 64 --adapter runs/default/checkpoint-10
+                                                              # train.py's final evaluation
+
+"ours, one call a batch" is ours before 2026-12-02's second change: every row decoded to the longest
+answer of its batch, where ours now lets finished rows leave it every rollout.SEGMENT tokens; it gains
+as much as a model's answers differ in length, so time it on a trained adapter too.
 """
 from __future__ import annotations
 
@@ -37,6 +43,15 @@ def plain_generate(model, tok, prompts, max_new_tokens, temperature):
     return [rollout.cut_at_eos(row.tolist(), eos) for row in out[:, P:].cpu()]
 
 
+def one_call(fn):
+    """fn with rollout.generate running each batch in one `generate` call (no row leaves it)."""
+    segment, rollout.SEGMENT = rollout.SEGMENT, 10**9
+    try:
+        return fn()
+    finally:
+        rollout.SEGMENT = segment
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -61,14 +76,24 @@ def main():
                     help="default: on with CUDA")
     ap.add_argument("--batch_size", type=int, default=0, help="ours: sequences per generate call (0 = by memory)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each path after one warm-up run")
+    ap.add_argument("--adapter", default=None, help="a trained LoRA adapter (a run's checkpoint-N) instead "
+                    "of a random one")
+    ap.add_argument("--heldout", action="store_true", help="the default held-out questions, greedy, one "
+                    "answer each (train.py's evaluation) instead of --num_seqs training prompts")
     args = ap.parse_args()
+    if args.heldout:
+        args.samples, args.temperature = 1, 0.0
     device = "cuda" if torch.cuda.is_available() else "cpu"
     static = device == "cuda" if args.static_cache is None else args.static_cache
     model, tok = models.load(args.model, args.dtype, device)
-    if args.lora:
+    if args.adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, args.adapter)
+    elif args.lora:
         model = models.add_lora(model)
     model.eval()
-    qs = models.questions(-(-args.num_seqs // args.samples))
+    qs = models.questions(-(-args.num_seqs // args.samples), heldout=args.heldout)
+    args.num_seqs = min(args.num_seqs, len(qs)) if args.heldout else args.num_seqs
     unique = [rollout.question_ids(tok, q) for q in qs]
     prompts = [p for p in unique for _ in range(args.samples)][: args.num_seqs]
     assert len(prompts) == len(unique) * args.samples, "--num_seqs: a multiple of --samples"
@@ -83,7 +108,13 @@ def main():
             model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
             static_cache=static, desc="ours"),
+        "ours, one call a batch": lambda: one_call(lambda: rollout.generate(
+            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
+            static_cache=static, desc="one call")),
     }
+    if args.samples == 1:  # nothing to share: the same computation as ours
+        del paths["ours, prompt per row"]
     times = {k: [] for k in paths}
     tokens = {k: [] for k in paths}
     steps = {k: [] for k in paths}  # decode steps of the longest response
@@ -108,7 +139,9 @@ def main():
         tps[name] = n / t
         print(f"{name:22s} {t:10.2f} {n:8.0f} {tps[name]:10.1f} {1000 * t / statistics.mean(steps[name]):15.2f}")
     print(f"speed-up (tokens/s, ours / plain): {tps['ours'] / tps['plain (TRL-style)']:.2f}x; "
-          f"ours / ours with a prompt per row: {tps['ours'] / tps['ours, prompt per row']:.2f}x")
+          + (f"ours / ours with a prompt per row: {tps['ours'] / tps['ours, prompt per row']:.2f}x; "
+             if args.samples > 1 else "")
+          + f"ours / ours in one call a batch: {tps['ours'] / tps['ours, one call a batch']:.2f}x")
 
 
 if __name__ == "__main__":

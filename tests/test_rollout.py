@@ -129,6 +129,34 @@ def test_samples_share_their_prompt_and_come_back_prompt_by_prompt(tok):
     assert len(drawn) == 6 and len({tuple(r) for r in drawn}) > 1
 
 
+def test_finished_answers_leave_the_batch_without_changing_any_answer(tok, monkeypatch):
+    """generate runs SEGMENT tokens per call and drops the rows that have produced an EOS: greedy and
+    sampled answers (same seed) equal those of one call that decodes every row to the end, for
+    shared and unshared prompts, and the batches really shrink."""
+    model = make_model(tok, init_std=0.5)
+    prompts = [rollout.question_ids(tok, q) for q in ("What is 3 + 4?", "Ann has 2 cards and gets 9 more?",
+                                                         "7 * 8?", "Is 5 odd?")]
+    kw = dict(max_new_tokens=24, samples=3)
+    # make answers end at different lengths: two tokens greedy answers say mid-way become EOS
+    first = rollout.generate(model, tok, prompts, temperature=0, **kw)
+    ends = {first[0][5], first[6][13]} - {t for r in first for t in r[:3]}
+    model.generation_config.eos_token_id = sorted(ends)
+    widths, generate = [], model.generate
+    monkeypatch.setattr(model, "generate", lambda **k: widths.append(len(k["input_ids"])) or generate(**k))
+
+    def answers(segment, temperature, **more):
+        monkeypatch.setattr(rollout, "SEGMENT", segment)
+        widths.clear()
+        torch.manual_seed(0)
+        return rollout.generate(model, tok, prompts, temperature=temperature, **kw, **more)
+    for temperature, more in ((0, {}), (1.0, {}), (0, dict(batch_size=7)), (1.0, dict(batch_size=1))):
+        whole, batches = answers(10**6, temperature, **more), list(widths)  # one call a batch
+        dropped = answers(4, temperature, **more)
+        assert dropped == whole
+        assert 1 < len({len(r) for r in whole}) and any(len(r) < 24 for r in whole)
+        assert len(widths) > len(batches) and min(widths) < max(batches)  # calls on fewer rows
+
+
 def test_chat_prompt_has_system_instruction_and_generation_prompt(tok):
     text = tok.decode(rollout.question_ids(tok, "What is 1 + 1?"))
     assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is 1 + 1?\n"
