@@ -110,6 +110,11 @@ def main():
             model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
             static_cache=static, desc="ours"),
+        # before 2026-12-02: peft ran a bf16 base's float32 adapter in float32 (merge_lora does so in bf16)
+        "ours, adapter unmerged": lambda: rollout.generate(
+            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, batch_size=args.batch_size, merge_lora=False,
+            static_cache=static, desc="unmerged"),
         "ours, one call a batch": lambda: one_call(lambda: rollout.generate(
             model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
