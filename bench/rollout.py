@@ -149,9 +149,10 @@ def main():
         t, n = statistics.median(times[name]), statistics.mean(tokens[name])
         tps[name] = n / t
         print(f"{name:22s} {t:10.2f} {n:8.0f} {tps[name]:10.1f} {1000 * t / statistics.mean(steps[name]):15.2f}")
-    if args.temperature == 0 and "ours, one call a batch" in last:  # greedy: the paths should agree up to rounding in other batch shapes
-        differ = sum(a != b for a, b in zip(last["ours"], last["ours, one call a batch"]))
-        print(f"greedy answers of ours that differ from one call a batch's: {differ} of {len(last['ours'])}")
+    if args.temperature == 0:  # greedy: how many answers rounding in other shapes or dtypes changed
+        print("greedy answers that differ from ours: " + "; ".join(
+            f"{name}: {sum(a != b for a, b in zip(last['ours'], last[name]))} of {len(last['ours'])}"
+            for name in paths if name not in ("ours", "plain (TRL-style)")))
     print("speed-up (tokens/s): " + "; ".join(f"ours / {name}: {tps['ours'] / tps[name]:.2f}x"
                                               for name in paths if name != "ours"))
 
