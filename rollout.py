@@ -303,10 +303,12 @@ class _DecodeStep:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.done is None:  # first step of a call: no row has finished
-            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            device = input_ids.device  # moved once a call, not every decode step
+            self.eos, self.active = self.eos.to(device), self.active.to(device)
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
         else:
-            self.done |= torch.isin(input_ids[:, -1], self.eos.to(input_ids.device))
-        self.bar.update(int((~self.done & (self.active.to(self.done.device) < self.rows)).sum()))
+            self.done |= torch.isin(input_ids[:, -1], self.eos)
+        self.bar.update(int((~self.done & (self.active < self.rows)).sum()))
         if self.temperature <= 0:
             return scores
         probs = torch.softmax(scores / self.temperature, dim=-1)                           # (B, V)
@@ -317,7 +319,7 @@ class _DecodeStep:
         cdf = probs.cumsum(-1)                                                             # (B, V)
         # a uniform for every row the batch started with, finished or not: a row's draws do not
         # depend on which others are still running
-        u = torch.rand(self.width, 1, device=cdf.device)[self.active.to(cdf.device)]
+        u = torch.rand(self.width, 1, device=cdf.device)[self.active]
         u = u * cdf[:, -1:]                                                                # (B, 1)
         # the first token whose cdf > u
         token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)        # (B, 1)
@@ -395,7 +397,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                 ids, mask = ids.repeat_interleave(samples, 0), mask.repeat_interleave(samples, 0)
             step = _DecodeStep(temperature, top_p, eos, bar, len(idx) * samples, len(ids))
             counted = bar.n
-            new = _decode(model, ids, mask, gen_cfg, step, shared, eos,
+            new = _decode(model, ids, mask, gen_cfg, step, shared,
                           max_new_tokens if static_cache else SEGMENT)
             for r, i in enumerate(idx):
                 for j in range(samples):
@@ -426,8 +428,7 @@ def _contiguous_head(model):
 SEGMENT = 8
 
 
-def _decode(model, ids, mask, gen_cfg, step, cache: dict, eos: list[int],
-            segment: int) -> list[list[int]]:
+def _decode(model, ids, mask, gen_cfg, step, cache: dict, segment: int) -> list[list[int]]:
     """`generate` on left-padded prompts ids (B, P), `segment` new tokens per call: after each call
     the rows that have produced an EOS leave the batch with their KV-cache rows, so a batch stops
     decoding answers that have ended (`generate` alone runs every row to the longest answer). The
@@ -440,9 +441,9 @@ def _decode(model, ids, mask, gen_cfg, step, cache: dict, eos: list[int],
     active, left = torch.arange(len(ids)), gen_cfg.max_new_tokens
     if segment < left and not cache:
         cache = {_cache_kwarg(model.get_decoder()): DynamicCache()}
+    gen_cfg = copy.copy(gen_cfg)  # the caller's keeps its max_new_tokens
     while True:
         step.segment(active)
-        gen_cfg = copy.copy(gen_cfg)
         gen_cfg.max_new_tokens = min(segment, left)
         seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
                               logits_processor=LogitsProcessorList([step]), **cache)
@@ -450,7 +451,7 @@ def _decode(model, ids, mask, gen_cfg, step, cache: dict, eos: list[int],
         for r, a in enumerate(active.tolist()):
             new[a] += tokens[r].tolist()
         left -= tokens.shape[1]
-        running = ~torch.isin(tokens, torch.tensor(eos, device=tokens.device)).any(1)    # (b,)
+        running = ~torch.isin(tokens, step.eos).any(1)                                   # (b,)
         if left <= 0 or not running.any():
             return new
         keep = running.nonzero().squeeze(1)

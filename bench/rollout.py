@@ -95,10 +95,16 @@ def main():
         model = models.add_lora(model)
     model.eval()
     qs = models.questions(-(-args.num_seqs // args.samples), heldout=args.heldout)
-    args.num_seqs = min(args.num_seqs, len(qs)) if args.heldout else args.num_seqs
+    if args.heldout:
+        args.num_seqs = min(args.num_seqs, len(qs))
     unique = [rollout.question_ids(tok, q) for q in qs]
     prompts = [p for p in unique for _ in range(args.samples)][: args.num_seqs]
     assert len(prompts) == len(unique) * args.samples, "--num_seqs: a multiple of --samples"
+
+    def ours(desc, **change):
+        kw = dict(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                  batch_size=args.batch_size, merge_lora=args.merge_lora, static_cache=static, desc=desc)
+        return lambda: rollout.generate(model, tok, unique, **{**kw, **change})
 
     paths = {
         "plain (TRL-style)": lambda: plain_generate(model, tok, prompts, args.max_new_tokens, args.temperature),
@@ -106,19 +112,10 @@ def main():
         "ours, prompt per row": lambda: rollout.generate(
             model, tok, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             batch_size=args.batch_size, merge_lora=args.merge_lora, static_cache=static, desc="rows"),
-        "ours": lambda: rollout.generate(
-            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
-            static_cache=static, desc="ours"),
+        "ours": ours("ours"),
         # before 2026-12-02: peft ran a bf16 base's float32 adapter in float32 (merge_lora does so in bf16)
-        "ours, adapter unmerged": lambda: rollout.generate(
-            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, batch_size=args.batch_size, merge_lora=False,
-            static_cache=static, desc="unmerged"),
-        "ours, one call a batch": lambda: one_call(lambda: rollout.generate(
-            model, tok, unique, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, batch_size=args.batch_size, merge_lora=args.merge_lora,
-            static_cache=static, desc="one call")),
+        "ours, adapter unmerged": ours("unmerged", merge_lora=False),
+        "ours, one call a batch": lambda: one_call(ours("one call")),
     }
     if args.samples == 1:  # nothing to share: the same computation as ours
         del paths["ours, prompt per row"]
