@@ -129,10 +129,13 @@ class Config:
     model samples mostly noise at 1.0)"""
     top_p: float = 1.0
     """nucleus sampling for initial responses and refinements"""
-    max_new_tokens: int = 64
-    """response length cap (R), also the aggregation constant. 64: the embedded model's answers to
-    our task fit (a truncated answer scores 0, which teaches it to be brief); generation time is
-    linear in it"""
+    max_new_tokens: int = 48
+    """response length cap (R), also the aggregation constant. 48: the embedded model's answers to
+    our task fit, and generation time is linear in it"""
+    score_unfinished: bool = False
+    """score a response that reaches max_new_tokens without EOS on its text like any other (the
+    paper, the release); off: it gets reward 0, it never gave its final answer (without this the
+    embedded model's runs can learn to run on past the answer: docs/results.md)"""
     max_context: int = 1024
     """prompt + response budget; the previous solution in a refinement prompt is cut to fit
     (counted)"""
@@ -341,10 +344,21 @@ def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]
     return out
 
 
-def policy_tokens(tok, text: str, R: int) -> list[int]:
+def policy_tokens(tok, text: str, R: int, finished: bool = True) -> list[int]:
     """Text written elsewhere (a reference solution, a weaker refiner) as a policy response: at
-    most R tokens, ending in EOS."""
-    return tok(text, add_special_tokens=False)["input_ids"][: R - 1] + [tok.eos_token_id]
+    most R tokens, ending in EOS; a text its writer did not finish stays without EOS."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ids[: R - 1] + [tok.eos_token_id] if finished else ids[:R]
+
+
+def verify(checker, texts: list[str], answers: list[str], responses: list[list[int]],
+           eos: list[int], score_unfinished: bool) -> list[float]:
+    """Step 2's binary reward of each response's final answer; without score_unfinished a response
+    cut at max_new_tokens (it does not end in EOS) scores 0."""
+    rewards = checker(texts, answers)
+    if not score_unfinished:
+        rewards = [r if any(t in eos for t in y[-1:]) else 0.0 for r, y in zip(rewards, responses)]
+    return rewards
 
 
 def sequence_weights(seqs: list[Sequence], aggregation: str, R: int) -> list[float]:
@@ -504,6 +518,7 @@ def setup(cfg: Config, procs: Processes) -> SimpleNamespace:
     run = SimpleNamespace(
         out=out, policy=policy, tok=tok, model=model, optimizer=optimizer, ref_model=ref_model,
         refiner=refiner, rtok=rtok, critic=critic, checker=AnswerChecker(), gen_kw=gen_kw,
+        eos=rollout.eos_ids(tok, policy),
         train_rows=fits, eval_sets=eval_sets, compute_kl=compute_kl, start=0, accuracy={},
         select_rng=random.Random(cfg.seed + procs.rank), critic_seen=Counter())
     # the main process's choice of checkpoint, on every process
@@ -586,7 +601,7 @@ def main(argv=None):
 
             # ---- 2. Verify: binary reward from the final answer ----
             answers = [r["answer"] for r in rows for _ in range(n)]
-            rewards = checker(texts, answers)                                             # (B*n,)
+            rewards = verify(checker, texts, answers, responses, run.eos, cfg.score_unfinished)
             t["verify"] = time.perf_counter()
 
             # ---- 3. Critique the responses in --refine_scope ----
@@ -626,11 +641,14 @@ def main(argv=None):
                                                **sampling) if refine_prompts else []
                 # weak-to-strong: the refiner's text, in the policy's tokens
                 if refiner is not policy:
-                    refinements = [policy_tokens(tok, text, R) for text in
-                                   rtok.batch_decode(refinements, skip_special_tokens=True)]
+                    reos = rollout.eos_ids(rtok, refiner)
+                    ended = [any(t in reos for t in y[-1:]) for y in refinements]
+                    refinements = [policy_tokens(tok, text, R, end) for text, end in zip(
+                        rtok.batch_decode(refinements, skip_special_tokens=True), ended)]
             refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) \
                 if refinements else []  # (batch_decode([]) is [''])
-            refine_rewards = checker(refine_texts, [answers[i] for i in to_refine])
+            refine_rewards = verify(checker, refine_texts, [answers[i] for i in to_refine],
+                                    refinements, run.eos, cfg.score_unfinished)
             t["refine"] = time.perf_counter()
 
         # ---- 5. Select and mix: k refinements per group, trained as answers to the BARE question

@@ -86,6 +86,7 @@ def test_two_step_runs_change_the_adapter(tmp_path, tiny_model_dir, tiny_data, b
         "critique_ft": ["--critique_type", "cot", "--critic_base_url", server, "--critic_tries", "1"]}.get(baseline, [])
     data = tiny_data
     if baseline in ("raft", "refine_ft"):  # they need a correct sample / a refinement that fixes a wrong answer
+        flags.append("--score_unfinished")  # the tiny model's answers run to the cap: score their text
         data = answered_by_tiny_model(tmp_path, tiny_model_dir, tiny_data,
                                       "response" if baseline == "raft" else "refinement", *flags)
     out, metrics = run(tmp_path, tiny_model_dir, data, baseline, "--max_steps", "2", *flags)
@@ -118,3 +119,18 @@ def test_baseline_flags_are_checked():
     with pytest.raises(SystemExit, match="refine_ft"):
         train.validate(train.parse_config(["--baseline", "refine_ft", "--critique_type", "none"]))
     assert critique.reference_or_answer(None, "7") == "The final answer is \\boxed{7}."
+
+
+def test_an_answer_cut_at_the_cap_scores_zero_unless_score_unfinished(tmp_path, tiny_model_dir, tiny_data):
+    """Step 2 end to end: on data whose answers are what the tiny model writes (its answers run to the
+    cap), the same seed samples the same texts with and without --score_unfinished; with it they score
+    on their text, without it (the default) the cut ones score 0."""
+    grpo = ["--critique_type", "none"]
+    data = answered_by_tiny_model(tmp_path, tiny_model_dir, tiny_data, "response", *grpo, "--score_unfinished")
+    samples = {}
+    for name, extra in (("scored", ["--score_unfinished"]), ("cut", [])):
+        out, _ = run(tmp_path, tiny_model_dir, data, name, "--max_steps", "1", *grpo, *extra)
+        samples[name] = [json.loads(x) for x in open(out / "samples.jsonl")]
+    assert [s["response"] for s in samples["scored"]] == [s["response"] for s in samples["cut"]]
+    scored, cut = ([s["reward"] for s in samples[k]] for k in ("scored", "cut"))
+    assert any(scored) and all(c <= s for c, s in zip(cut, scored)) and cut != scored

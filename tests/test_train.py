@@ -126,6 +126,26 @@ def test_the_step0_evaluation_is_computed_once_and_reused(tmp_path, tiny_model_d
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
+def test_an_unfinished_response_scores_zero_only_without_score_unfinished(tok):
+    """Step 2's reward: a response that ran into max_new_tokens (no EOS at its end) is scored on
+    its text by default (the paper), and 0 with --no-score_unfinished, whatever its text says."""
+    from evaluate import AnswerChecker
+    checker = AnswerChecker(num_workers=1)
+    try:
+        texts, answers = ["The answer is 8.", "The answer is 8. The answer is 8. The"], ["8", "8"]
+        eos = tok.eos_token_id
+        responses = [[5, 6, eos], [5, 6, 7]]  # the second was cut at the cap
+        assert train.verify(checker, texts, answers, responses, [eos], True) == [1.0, 1.0]
+        assert train.verify(checker, texts, answers, responses, [eos], False) == [1.0, 0.0]
+        assert train.verify(checker, ["The answer is 9."], ["8"], [[eos]], [eos], False) == [0.0]
+    finally:
+        checker.close()
+    # a weaker refiner's text re-tokenized for the policy keeps its end: EOS only if it finished
+    assert train.policy_tokens(tok, "1 2 3 4 5 6", 4)[-1] == eos
+    cut = train.policy_tokens(tok, "1 2 3 4 5 6", 4, finished=False)
+    assert eos not in cut and cut == tok("1 2 3 4 5 6", add_special_tokens=False)["input_ids"][:4]
+
+
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
