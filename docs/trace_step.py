@@ -76,6 +76,7 @@ class Recorder:
             out = real["generate"](model, tokenizer, prompts, **kw)
             # one prompt per output: a prompt's samples (samples=n) share it
             rec.generate.append(dict(desc=kw.get("desc"), outputs=[list(o) for o in out],
+                                     eos=rollout.eos_ids(tokenizer, model),
                                      prompts=[list(p) for p in prompts
                                               for _ in range(kw.get("samples", 1))]))
             return out
@@ -230,6 +231,12 @@ def cell(text) -> str:
     return f"`{text}`" if "`" not in text else text
 
 
+def ends(call: dict, i: int) -> str:
+    """How output i of a recorded generate call ended: its EOS, or cut at the token cap."""
+    out = call["outputs"][i]
+    return "EOS" if out[-1:] and out[-1] in call["eos"] else f"cut at {len(out)}"
+
+
 def block(text: str, lang: str = "text") -> str:
     """A fenced block, long lines broken at WRAP characters and marked."""
     lines = []
@@ -358,6 +365,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
         ("`--critique_type`", cell(cfg.critique_type)),
         ("`--temperature`", num(cfg.temperature)),
         ("`--max_new_tokens` R", str(cfg.max_new_tokens)),
+        ("`--score_unfinished`", str(cfg.score_unfinished)),
         ("`--gamma` γ", num(gamma)),
         ("`--entropy_coef`", num(cfg.entropy_coef)),
         ("`--kl_coef`", num(cfg.kl_coef)),
@@ -383,20 +391,31 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
 
     # ---- 1-2. sample and verify ----
     w("\n## 1–2. Sample, then verify\n")
+    cut_rule = "" if cfg.score_unfinished else (
+        f"; an answer that reached the {cfg.max_new_tokens}-token cap without its EOS scores 0 "
+        "whatever it says (`train.verify`)")
     w(para(f"""Step 1 samples {n} answers (temperature {num(cfg.temperature)}, at most
     {cfg.max_new_tokens} tokens) from the current policy; step 2 extracts each final answer
     (`evaluate.extract_answer`: the last `\\boxed{{}}`, else "the answer is …", else the last
     number) and the checker scores it 1 if it equals the ground truth `{gt}`, else 0 (rewards
-    from samples.jsonl)."""))
+    from samples.jsonl){cut_rule}."""))
     w("")
-    w(table("answers", ["#", "extracted answer", "reward"],
+    w(table("answers", ["#", "extracted answer", "ends", "reward"],
             [[str(i - focus * n + 1), cell(evaluate.extract_answer(samples[i]["response"])),
-              num(samples[i]["reward"])] for i in members]))
+              ends(sampled, i), num(samples[i]["reward"])] for i in members]))
     w("")
     w("<details><summary>The answers in full</summary>\n")
     w(block("\n\n".join(f"[{i - focus * n + 1}] {samples[i]['response']}" for i in members)))
     w("\n</details>\n")
-    w(para(f"""**Notice:** {'every answer is wrong, so r − mean(r) is 0 for all of them:' if
+    # answers that name the ground truth but scored 0: cut at the cap (train.verify)
+    cut_right = [str(i - focus * n + 1) for i in members if samples[i]["reward"] == 0 and
+                 evaluate.fast_equal(str(evaluate.extract_answer(samples[i]["response"])), gt)]
+    if cut_right:
+        w(para(f"""Answer {', '.join(cut_right)} names the ground truth, but ran into the
+        {cfg.max_new_tokens}-token cap without ending: it never stated a final answer, and
+        scores 0."""))
+        w("")
+    w(para(f"""**Notice:** {'every answer scores 0, so r − mean(r) is 0 for all of them:' if
     groups[focus]['all_wrong'] else 'the rewards differ, so this group already has a signal.'}
     {'plain GRPO would learn nothing from this question.' if groups[focus]['all_wrong'] else ''}
     The whole step, question by question (✓ = a correct refinement joined the group):"""))
@@ -451,10 +470,12 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
         (`--selection {cfg.selection}`: a correct one is preferred, else a random one;
         k = {k} joins the group):"""))
         w("")
-        w(table("refinements", ["#", "refines answer", "extracted answer", "reward", "joins"],
+        w(table("refinements", ["#", "refines answer", "extracted answer", "ends", "reward",
+                                "joins"],
                 [[str(local[j]), str(i - focus * n + 1),
                   cell(evaluate.extract_answer(samples[i]["refinement"])),
-                  num(samples[i]["refinement_reward"]), "yes" if j in chosen else ""]
+                  ends(refine_calls[0], j), num(samples[i]["refinement_reward"]),
+                  "yes" if j in chosen else ""]
                  for j, i in refined_here]))
         w("")
         w("The refinement that joins the group, in full:\n")

@@ -73,6 +73,7 @@ def check_page(text: str) -> dict:
     assert n + k == n_init
     gamma, c_h, beta = (value(run[key]) for key in ("--gamma γ", "--entropy_coef", "--kl_coef"))
     R = int(run["--max_new_tokens R"])
+    score_unfinished = run["--score_unfinished"] == "True"
 
     # the question shown is an all-wrong group that a correct refinement gives a signal back
     focus = int(re.search(r"Question (\d+) of the step's (\d+)", text)[1]) - 1
@@ -82,11 +83,16 @@ def check_page(text: str) -> dict:
     assert row[4].endswith("✓") and row[5] == "yes → no"
     gt = row[1].strip("`")
     answers = tables["answers"]
-    rewards = [value(a[2]) for a in answers]
+    rewards = [value(a[3]) for a in answers]
     assert len(answers) == n and rewards == [value(x) for x in row[2].split()]
     assert set(rewards) == {0.0}
-    for _, extracted, reward in answers:
-        if extracted != "–" and evaluate.fast_equal(extracted.strip("`"), gt):
+    # the reward is the checker's, and 0 for an answer cut at the cap (unless --score_unfinished)
+    scored = [a[2] == "EOS" or a[2] == f"cut at {R}" and score_unfinished for a in answers]
+    assert all(a[2] == "EOS" or a[2] == f"cut at {R}" for a in answers)
+    for (_, extracted, _, reward), counts in zip(answers, scored):
+        if not counts:
+            assert value(reward) == 0.0
+        elif extracted != "–" and evaluate.fast_equal(extracted.strip("`"), gt):
             assert value(reward) == 1.0
     # zero-advantage groups before -> after, as metrics.jsonl counted them
     metrics = {k.strip("`"): v for k, v in tables["metrics"]}
@@ -98,7 +104,9 @@ def check_page(text: str) -> dict:
     # critiques of every answer; one refinement joins, the one the mixed group holds
     assert len(tables["critiques"]) == n
     refinements = tables["refinements"]
-    joins = [r for r in refinements if r[4] == "yes"]
+    joins = [r for r in refinements if r[5] == "yes"]
+    assert all(r[3] == "EOS" or (r[3] == f"cut at {R}" and (score_unfinished or r[4] == "0"))
+               for r in refinements)
     assert len(refinements) == n and len(joins) == k == 1
 
     # the mixed group: n_init sequences, exactly the last one off-policy, its advantages those of
@@ -109,7 +117,7 @@ def check_page(text: str) -> dict:
     assert off == [False] * n + [True] * k
     assert all(r[2] in ("on-policy", "**off-policy**") for r in mixed)
     mixed_rewards = [value(r[3]) for r in mixed]
-    assert mixed_rewards[:n] == rewards and mixed_rewards[n:] == [value(joins[0][3])] == [1.0]
+    assert mixed_rewards[:n] == rewards and mixed_rewards[n:] == [value(joins[0][4])] == [1.0]
     expected_after = L.group_advantages(torch.tensor(mixed_rewards), torch.zeros(n_init).long())
     expected_before = L.group_advantages(torch.tensor(rewards), torch.zeros(n).long())
     assert all(close(value(r[5]), a) for r, a in zip(mixed, expected_after.tolist()))
