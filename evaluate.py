@@ -1,4 +1,5 @@
-"""Answer extraction and checking (the training reward IS the evaluation metric), and held-out
+"""Answer extraction and checking (the training reward is the evaluation metric, except that
+train.py scores an answer cut at its token cap 0, unless --score_unfinished), and held-out
 evaluation of a policy (the paper's benchmarks, from the command line: benchmark.py).
 
 Reward (step 2 of the method): 1 if the extracted final answer equals the ground truth, else 0.

@@ -134,8 +134,8 @@ class Config:
     our task fit, and generation time is linear in it"""
     score_unfinished: bool = False
     """score a response that reaches max_new_tokens without EOS on its text like any other (the
-    paper, the release); off: it gets reward 0, it never gave its final answer (without this the
-    embedded model's runs can learn to run on past the answer: docs/results.md)"""
+    paper, the release); off: it gets reward 0, it never gave its final answer (scoring its text
+    let some embedded runs learn to run on past the answer: docs/results.md)"""
     max_context: int = 1024
     """prompt + response budget; the previous solution in a refinement prompt is cut to fit
     (counted)"""
@@ -346,9 +346,9 @@ def batch_for_step(rows: list[dict], step: int, B: int, seed: int) -> list[dict]
 
 def policy_tokens(tok, text: str, R: int, finished: bool = True) -> list[int]:
     """Text written elsewhere (a reference solution, a weaker refiner) as a policy response: at
-    most R tokens, ending in EOS; a text its writer did not finish stays without EOS."""
+    most R tokens, ending in EOS; a text its writer did not finish, or one cut to fit, has none."""
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    return ids[: R - 1] + [tok.eos_token_id] if finished else ids[:R]
+    return ids + [tok.eos_token_id] if finished and len(ids) < R else ids[:R]
 
 
 def verify(checker, texts: list[str], answers: list[str], responses: list[list[int]],

@@ -409,6 +409,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
     w("\n</details>\n")
     # answers that name the ground truth but scored 0: cut at the cap (train.verify)
     cut_right = [str(i - focus * n + 1) for i in members if samples[i]["reward"] == 0 and
+                 ends(sampled, i) != "EOS" and not cfg.score_unfinished and
                  evaluate.fast_equal(str(evaluate.extract_answer(samples[i]["response"])), gt)]
     if cut_right:
         w(para(f"""Answer {', '.join(cut_right)} names the ground truth, but ran into the

@@ -127,8 +127,8 @@ def test_the_step0_evaluation_is_computed_once_and_reused(tmp_path, tiny_model_d
 
 
 def test_an_unfinished_response_scores_zero_only_without_score_unfinished(tok):
-    """Step 2's reward: a response that ran into max_new_tokens (no EOS at its end) is scored on
-    its text by default (the paper), and 0 with --no-score_unfinished, whatever its text says."""
+    """Step 2's reward: a response that ran into max_new_tokens (no EOS at its end) scores 0 by
+    default, whatever its text says, and on its text with --score_unfinished (the paper)."""
     from evaluate import AnswerChecker
     checker = AnswerChecker(num_workers=1)
     try:
@@ -141,9 +141,12 @@ def test_an_unfinished_response_scores_zero_only_without_score_unfinished(tok):
     finally:
         checker.close()
     # a weaker refiner's text re-tokenized for the policy keeps its end: EOS only if it finished
-    assert train.policy_tokens(tok, "1 2 3 4 5 6", 4)[-1] == eos
-    cut = train.policy_tokens(tok, "1 2 3 4 5 6", 4, finished=False)
-    assert eos not in cut and cut == tok("1 2 3 4 5 6", add_special_tokens=False)["input_ids"][:4]
+    ids = tok("1 2 3", add_special_tokens=False)["input_ids"]
+    assert train.policy_tokens(tok, "1 2 3", len(ids) + 1) == ids + [eos]
+    # unfinished, or too long for R: cut, and no EOS that would claim an end
+    assert train.policy_tokens(tok, "1 2 3", len(ids) + 1, finished=False) == ids
+    assert train.policy_tokens(tok, "1 2 3", len(ids)) == ids[:len(ids)]
+    assert train.policy_tokens(tok, "1 2 3", 2) == ids[:2]
 
 
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
