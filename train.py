@@ -931,10 +931,12 @@ def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: di
             "ground-truth critiques under the name of this arm. Fix the critic and --resume (from "
             "the last checkpoint), or pass --allow_critic_failures")
     if cfg.samples_every and step % cfg.samples_every == 0:
+        ended = lambda y: any(t in run.eos for t in y[-1:])  # False: cut at max_new_tokens
         records = [{"step": step, "question": rows[i // n]["question"], "response": texts[i],
-                    "reward": rewards[i]} for i in range(len(texts))]
+                    "ended": ended(responses[i]), "reward": rewards[i]} for i in range(len(texts))]
         for j, i in enumerate(to_refine):
             records[i].update(critique=critiques[j], refinement=refine_texts[j],
+                              refinement_ended=ended(refinements[j]),
                               refinement_reward=refine_rewards[j])
         records = procs.gather(records)  # every process's groups, in step order
         if procs.is_main:

@@ -134,3 +134,6 @@ def test_an_answer_cut_at_the_cap_scores_zero_unless_score_unfinished(tmp_path, 
     assert [s["response"] for s in samples["scored"]] == [s["response"] for s in samples["cut"]]
     scored, cut = ([s["reward"] for s in samples[k]] for k in ("scored", "cut"))
     assert any(scored) and all(c <= s for c, s in zip(cut, scored)) and cut != scored
+    # exactly the answers cut at the cap lose their reward (samples.jsonl says which ended)
+    ended = [s["ended"] for s in samples["cut"]]
+    assert not all(ended) and all(c == (s if e else 0.0) for c, s, e in zip(cut, scored, ended))
