@@ -201,6 +201,11 @@ def cut_at_eos(tokens: list[int], eos: list[int]) -> list[int]:
     return tokens
 
 
+def ended(tokens: list[int], eos: list[int]) -> bool:
+    """Whether a response cut by cut_at_eos ended in its EOS (False: cut at max_new_tokens)."""
+    return bool(tokens) and tokens[-1] in eos
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------

@@ -357,7 +357,7 @@ def verify(checker, texts: list[str], answers: list[str], responses: list[list[i
     cut at max_new_tokens (it does not end in EOS) scores 0."""
     rewards = checker(texts, answers)
     if not score_unfinished:
-        rewards = [r if any(t in eos for t in y[-1:]) else 0.0 for r, y in zip(rewards, responses)]
+        rewards = [r if rollout.ended(y, eos) else 0.0 for r, y in zip(rewards, responses)]
     return rewards
 
 
@@ -642,9 +642,9 @@ def main(argv=None):
                 # weak-to-strong: the refiner's text, in the policy's tokens
                 if refiner is not policy:
                     reos = rollout.eos_ids(rtok, refiner)
-                    ended = [any(t in reos for t in y[-1:]) for y in refinements]
-                    refinements = [policy_tokens(tok, text, R, end) for text, end in zip(
-                        rtok.batch_decode(refinements, skip_special_tokens=True), ended)]
+                    refinements = [policy_tokens(tok, text, R, rollout.ended(y, reos))
+                                   for text, y in zip(rtok.batch_decode(
+                                       refinements, skip_special_tokens=True), refinements)]
             refine_texts = tok.batch_decode(refinements, skip_special_tokens=True) \
                 if refinements else []  # (batch_decode([]) is [''])
             refine_rewards = verify(checker, refine_texts, [answers[i] for i in to_refine],
@@ -931,12 +931,12 @@ def record_step(cfg: Config, procs: Processes, run, step: int, t: dict, sums: di
             "ground-truth critiques under the name of this arm. Fix the critic and --resume (from "
             "the last checkpoint), or pass --allow_critic_failures")
     if cfg.samples_every and step % cfg.samples_every == 0:
-        ended = lambda y: any(t in run.eos for t in y[-1:])  # False: cut at max_new_tokens
         records = [{"step": step, "question": rows[i // n]["question"], "response": texts[i],
-                    "ended": ended(responses[i]), "reward": rewards[i]} for i in range(len(texts))]
+                    "ended": rollout.ended(responses[i], run.eos), "reward": rewards[i]}
+                   for i in range(len(texts))]
         for j, i in enumerate(to_refine):
             records[i].update(critique=critiques[j], refinement=refine_texts[j],
-                              refinement_ended=ended(refinements[j]),
+                              refinement_ended=rollout.ended(refinements[j], run.eos),
                               refinement_reward=refine_rewards[j])
         records = procs.gather(records)  # every process's groups, in step order
         if procs.is_main:

@@ -234,7 +234,7 @@ def cell(text) -> str:
 def ends(call: dict, i: int) -> str:
     """How output i of a recorded generate call ended: its EOS, or cut at the token cap."""
     out = call["outputs"][i]
-    return "EOS" if out[-1:] and out[-1] in call["eos"] else f"cut at {len(out)}"
+    return "EOS" if rollout.ended(out, call["eos"]) else f"cut at {len(out)}"
 
 
 def block(text: str, lang: str = "text") -> str:
