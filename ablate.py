@@ -24,9 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-from train import latest_checkpoint  # the one rule for "a finished checkpoint" (not a half-written .tmp)
+from support.checkpoints import latest_checkpoint  # the one rule for "a finished checkpoint" (not a half-written .tmp)
 
-# The paper's rows that fit one node (ALGORITHM.md, "Baselines and ablations"). Flags are train.py's.
+# The paper's rows that fit one node (its baselines and ablations, docs/algorithm.md). Flags are
+# train.py's.
 PRESETS: dict[str, str] = {
     # no critique, no refinement
     "grpo": "--critique_type none --aggregation seq_mean --scale_adv_by_std",  # 1/|y| and std scaling
@@ -135,7 +136,7 @@ def main(argv=None):
                                                "repeat an id to share a GPU ('0,0'); empty = one run at a time")
     ap.add_argument("--evaluate", default=None, metavar="ARGS",
                     help="after the runs, score each run's last checkpoint with benchmark.py ARGS (e.g. \"--data "
-                         "../shared/data/critique_grpo_eval.parquet --max_new_tokens 1024\"); results in "
+                         "critique_grpo_eval.parquet --max_new_tokens 1024\"); results in "
                          "<run>/evaluate/, read by report.py. The held-out sets train.py scores need nothing")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run when several run at once "
                                                            "(0 = cores / runs)")

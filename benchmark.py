@@ -13,7 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from evaluate import AnswerChecker, grade, record
+from evaluate import grade, record
+from support import models
+from support.checker import AnswerChecker
 
 # ---------------------------------------------------------------------------------------------
 # Benchmarks: where each comes from, and grading by row kind (math answer or multiple-choice letter)
@@ -118,7 +120,7 @@ def main(argv=None):
     import rollout
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=rollout.EMBEDDED_MODEL,
+    ap.add_argument("--model", default=models.EMBEDDED_MODEL,
                     help="hub name, local dir, or 'embedded'")
     ap.add_argument("--adapter", help="a PEFT adapter dir (e.g. runs/default/checkpoint-10)")
     ap.add_argument("--benchmarks", help=f"comma-separated, from {', '.join(BENCHMARKS)}; default: "
@@ -179,7 +181,7 @@ def main(argv=None):
         import torch
         torch.manual_seed(args.seed)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tok = rollout.load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
+        model, tok = models.load_model_and_tokenizer(args.model, dtype=args.dtype, device=device)
         if args.adapter:  # merged while generating where it can be
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, args.adapter)

@@ -5,21 +5,14 @@ evaluation of a policy (the paper's benchmarks, from the command line: benchmark
 Reward (step 2 of the method): 1 if the extracted final answer equals the ground truth, else 0.
 Extraction: the content of the last brace-matched \\boxed{...}; else "the answer is X"; else the
 last number. Comparison: a cheap exact/numeric match first, then math-verify on both sides wrapped
-in \\boxed{} in a worker process killed after a hard timeout (math-verify's own timeout uses
-signals and does nothing outside the main thread). A timeout scores 0 and is counted.
+in \\boxed{}, which support/checker.py runs in worker processes under a hard timeout (a timeout
+scores 0 and is counted).
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
-from multiprocessing.connection import Connection, wait
+
+import rollout
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -81,173 +74,6 @@ def math_equal(pred: str, gt: str) -> bool:
     return bool(gold) and bool(answer) and bool(verify(gold, answer))
 
 
-# ---------------------------------------------------------------------------------------------
-# Checker: persistent worker processes, each killed and replaced if it overruns the timeout
-# ---------------------------------------------------------------------------------------------
-def _die_with(parent: int):
-    """End this process as soon as `parent` dies, by any signal, SIGKILL included. Linux sends it
-    SIGKILL then (PR_SET_PDEATHSIG: when the parent's thread that started it ends, so start workers
-    from a thread that outlives the checker, as train.py's main thread does); elsewhere, and as a
-    fallback, a thread checks every second whether it has been handed to another parent."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: no prctl
-        pass
-    # the parent may have died before prctl took effect
-    if os.getppid() != parent:
-        os._exit(0)
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _worker(fd: int, parent: int):
-    """A checker worker: a fresh interpreter (AnswerChecker._spawn) that answers (prediction, ground
-    truth) pairs on the connection at file descriptor `fd` until it closes or `parent` dies."""
-    # Ctrl-C reaches the whole process group; the trainer handles it and then ends its workers
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with(parent)
-    conn = Connection(fd)
-    # import math-verify and load sympy's LaTeX parser (on first use) before any check's clock runs
-    math_equal("1", "1")
-    conn.send("ready")
-    while True:
-        try:
-            item = conn.recv()
-        except EOFError:  # the parent closed its end, or died
-            return
-        if item is None:
-            return
-        try:
-            conn.send(math_equal(*item))
-        except Exception:  # a parser crash on odd input is a wrong answer, not a dead run
-            conn.send(False)
-
-
-class AnswerChecker:
-    """`checker(responses, ground_truths) -> list[float]` of 0/1 rewards.
-
-    `num_timeouts` counts checks killed at `timeout` seconds (scored 0). Workers are started
-    lazily on first need and kept; `close()` (or garbage collection) ends them, and so does the
-    death of this process, by any signal (`_die_with`). A worker is given work only once it has said
-    it is ready (math-verify imported and warmed up, up to `startup_timeout` seconds), so its
-    start-up, slow on a busy machine, never counts against a check's `timeout`.
-    """
-
-    def __init__(self, num_workers: int = 2, timeout: float = 10.0, startup_timeout: float = 120.0):
-        self.num_workers, self.timeout, self.startup_timeout = num_workers, timeout, startup_timeout
-        self.num_timeouts = 0
-        self._workers: list[list] = []  # [subprocess.Popen, connection]
-
-    def _spawn(self, n: int = 1) -> list[list]:
-        """Start n workers together and return them once each has said it is ready."""
-        # A fresh interpreter that imports this file and math-verify only (~60 MB). Not fork: a
-        # forked worker maps the trainer's pages (its RSS ~ the trainer's). Not multiprocessing's
-        # spawn or forkserver: their children re-run the main script (train.py: torch and all).
-        started, here = [], os.path.dirname(os.path.abspath(__file__))
-        for _ in range(n):
-            mine, theirs = socket.socketpair()
-            code = (f"import sys; sys.path.insert(0, {here!r}); import evaluate; "
-                    f"evaluate._worker({theirs.fileno()}, {os.getpid()})")
-            p = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()],
-                                 stdin=subprocess.DEVNULL)
-            theirs.close()
-            started.append([p, Connection(mine.detach())])
-        for p, conn in started:
-            try:
-                ready = conn.poll(self.startup_timeout) and conn.recv() == "ready"
-            except EOFError:  # it died while importing
-                ready = False
-            if not ready:
-                for q, c in started:
-                    q.kill()
-                    q.wait()
-                    c.close()
-                raise RuntimeError("the answer checker's worker did not start within "
-                                   f"{self.startup_timeout:.0f} s (is math-verify installed? "
-                                   "try: python -c 'import math_verify')")
-        return started
-
-    def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
-        assert len(responses) == len(ground_truths)
-        rewards = [0.0] * len(responses)
-        todo = deque()
-        for i, (resp, gt) in enumerate(zip(responses, ground_truths)):
-            pred = extract_answer(resp)
-            if pred is None or not str(gt).strip():
-                continue
-            if fast_equal(pred, str(gt)):
-                rewards[i] = 1.0
-            else:
-                todo.append((i, pred, str(gt)))
-        # up to num_workers workers, one per check (_spawn(n <= 0) starts none)
-        self._workers += self._spawn(min(self.num_workers, len(todo)) - len(self._workers))
-        busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, start time)
-        while todo or busy:
-            for w in range(len(self._workers)):
-                if w not in busy and todo:
-                    i, pred, gt = todo.popleft()
-                    try:
-                        self._workers[w][1].send((pred, gt))
-                    # it died while idle (killed, out of memory): a new one takes the check, and
-                    # waiting for it is no other check's time
-                    except OSError:
-                        paused = self._replace(w)
-                        busy = {v: (j, t + paused) for v, (j, t) in busy.items()}
-                        self._workers[w][1].send((pred, gt))
-                    busy[w] = (i, time.monotonic())
-            now = time.monotonic()
-            wait([self._workers[w][1] for w in busy],
-                 timeout=max(0.0, min(t0 + self.timeout - now for _, t0 in busy.values())))
-            for w in list(busy):
-                i, t0 = busy[w]
-                conn, paused = self._workers[w][1], 0.0
-                if conn.poll():
-                    try:
-                        rewards[i] = float(conn.recv())
-                    except EOFError:  # the worker died (e.g. out of memory): wrong, replace it
-                        paused = self._replace(w)
-                elif time.monotonic() - t0 >= self.timeout:
-                    paused = self._replace(w)
-                    self.num_timeouts += 1
-                else:
-                    continue
-                del busy[w]
-                # waiting for a new worker is no check's time
-                busy = {v: (j, t + paused) for v, (j, t) in busy.items()}
-        return rewards
-
-    def _replace(self, w: int) -> float:
-        """Kill worker w and put a ready one in its slot; returns the seconds that took."""
-        t = time.monotonic()
-        p, conn = self._workers[w]
-        p.kill()
-        p.wait()
-        conn.close()
-        self._workers[w] = self._spawn()[0]
-        return time.monotonic() - t
-
-    def close(self):
-        for p, conn in self._workers:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-            try:
-                p.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            conn.close()
-        self._workers = []
-
-    def __del__(self):
-        self.close()
-
 
 # ---------------------------------------------------------------------------------------------
 # Held-out accuracy (train.py's evaluation); the paper's benchmarks are benchmark.py's
@@ -259,7 +85,7 @@ def choice_letter(response: str) -> str | None:
     return m.group(1) if m else None
 
 
-def grade(rows: list[dict], responses: list[str], checker: AnswerChecker) -> list[float]:
+def grade(rows: list[dict], responses: list[str], checker) -> list[float]:
     """Math rows through the answer checker (the training reward), multiple choice on the letter."""
     scores = [float(choice_letter(t) == r["answer"].strip().upper()) if r.get("choice") else None
               for r, t in zip(rows, responses)]
@@ -270,18 +96,17 @@ def grade(rows: list[dict], responses: list[str], checker: AnswerChecker) -> lis
     return scores
 
 
-def evaluate_accuracy(model, tokenizer, rows: list[dict], checker: AnswerChecker, *,
-                      max_new_tokens: int, **gen_kw) -> tuple[float, list[dict]]:
-    """Greedy pass@1 on rows (train.py's held-out evaluation); returns accuracy and one record per
-    row. gen_kw: rollout.generate's batch_size / merge_lora / static_cache."""
-    import rollout
+def heldout_answers(model, tokenizer, rows: list[dict], checker, *, max_new_tokens: int,
+                    **gen_kw) -> list[dict]:
+    """Greedy pass@1 on rows (train.py's held-out evaluation): one record per row, its "correct"
+    the verdict (accuracy = their mean). gen_kw: rollout.generate's batch_size / merge_lora /
+    static_cache."""
     prompts = [rollout.question_ids(tokenizer, r["question"]) for r in rows]
     responses = rollout.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                  temperature=0, desc="eval", **gen_kw)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     scores = grade(rows, texts, checker)
-    records = [record(r, t, c) for r, t, c in zip(rows, texts, scores)]
-    return sum(scores) / max(len(scores), 1), records
+    return [record(r, t, c) for r, t, c in zip(rows, texts, scores)]
 
 
 def record(row: dict, response: str, correct: float) -> dict:
@@ -290,7 +115,3 @@ def record(row: dict, response: str, correct: float) -> dict:
             "correct": bool(correct),
             "extracted": choice_letter(response) if row.get("choice") else extract_answer(response)}
 
-
-if __name__ == "__main__":  # the command line moved on 2026-12-02
-    raise SystemExit("error: the benchmarks moved to benchmark.py: python benchmark.py "
-                     + " ".join(sys.argv[1:]))

@@ -88,9 +88,9 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, denom: float,
               seq_weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum over tokens (optionally weighted per sequence) / a constant denominator.
 
-    The constant (sequences in the whole step x max response length, Dr.GRPO style) does not depend
-    on how the step is split into micro-batches, so summing micro-batch losses gives the full-batch
-    loss.
+    The constant (sequences in the whole mini-batch, over every process, x max response length,
+    Dr.GRPO style; the whole step when updates_per_batch is 1) does not depend on how the mini-batch
+    is split into micro-batches, so summing micro-batch losses gives the mini-batch's loss.
     """
     assert per_token.shape == mask.shape                                               # (N, R)
     w = mask.float() if seq_weights is None else mask.float() * seq_weights[:, None]

@@ -55,6 +55,7 @@ for p in (str(BENCH), str(ROOT)):
     if p in sys.path:
         sys.path.remove(p)
 sys.path[:0] = [str(ROOT), str(BENCH)]
+from support import models as loading  # noqa: E402
 
 TINY_SHAPES = {  # the released shapes' architecture at toy sizes: the CPU smoke run
     "qwen2.5-0.5b": ("qwen2", 64, 128, 2, 4, 2, 512, True),
@@ -615,8 +616,8 @@ def main(argv=None):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     results, job_s = {}, {}
-    device = rollout.describe_device("cuda" if cuda else "cpu")
-    dtype = str(rollout.choose_dtype(a.dtype)[0]).removeprefix("torch.")
+    device = loading.describe_device("cuda" if cuda else "cpu")
+    dtype = str(loading.choose_dtype(a.dtype)[0]).removeprefix("torch.")
 
     def report() -> tuple[dict, list[dict]]:
         table = [dict(s, **results.get(s["id"], dict(status="pending", result="pending"))) for s in specs]

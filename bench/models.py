@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rollout  # noqa: E402
+from support import models  # noqa: E402
 
 SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings (from the released configs)
     "qwen2.5-0.5b": ("qwen2", 896, 4864, 24, 14, 2, 151936, True),
@@ -23,9 +24,9 @@ CHOICES = ["embedded", *SHAPES]
 def load(name: str, dtype: str, device: str):
     """(model, tokenizer). Random shapes use the embedded tokenizer (its ids fit every vocabulary)."""
     if name == "embedded":
-        return rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype=dtype, device=device)
+        return models.load_model_and_tokenizer(models.EMBEDDED_MODEL, dtype=dtype, device=device)
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(rollout.embedded_model_dir())
+    tok = AutoTokenizer.from_pretrained(models.embedded_model_dir())
     return build(SHAPES[name], tok, dtype, device), tok
 
 
@@ -39,7 +40,7 @@ def build(shape: tuple, tok, dtype: str, device: str):
         vocab_size=v, tie_word_embeddings=tied, max_position_embeddings=32768, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, bos_token_id=None)
     torch.manual_seed(0)
-    dt = rollout.resolve_dtype(dtype)
+    dt = models.resolve_dtype(dtype)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(cfg, dtype=dt)
 

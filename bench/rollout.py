@@ -11,7 +11,7 @@ compile on GPU), on the same model, prompts, batch and lengths, alternating in o
                                                               # train.py's final evaluation
 
 "ours, one call a batch" is ours before 2026-12-02's second change: every row decoded to the longest
-answer of its batch, where ours now lets finished rows leave it every rollout.SEGMENT tokens; it gains
+answer of its batch, where ours now lets finished rows leave it every generation.SEGMENT tokens; it gains
 as much as a model's answers differ in length, so time it on a trained adapter too.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from transformers import GenerationConfig
 
 import models
 import rollout
+from support import generation
 
 
 def plain_generate(model, tok, prompts, max_new_tokens, temperature):
@@ -45,11 +46,11 @@ def plain_generate(model, tok, prompts, max_new_tokens, temperature):
 
 def one_call(fn):
     """fn with rollout.generate running each batch in one `generate` call (no row leaves it)."""
-    segment, rollout.SEGMENT = rollout.SEGMENT, 10**9
+    segment, generation.SEGMENT = generation.SEGMENT, 10**9
     try:
         return fn()
     finally:
-        rollout.SEGMENT = segment
+        generation.SEGMENT = segment
 
 
 def timed(fn):
@@ -134,7 +135,7 @@ def main():
                 tokens[name].append(sum(len(r) for r in responses))
                 steps[name].append(max(len(r) for r in responses))
                 last[name] = responses
-    fp32 = next(model.parameters()).dtype == torch.float32  # rollout.lora_merged never merges into bf16 weights
+    fp32 = next(model.parameters()).dtype == torch.float32  # generation.lora_merged never merges into bf16 weights
     print(f"model {args.model} ({args.dtype}, LoRA {'merged' if args.merge_lora and args.lora and fp32 else 'on' if args.lora else 'off'}, "
           f"static cache {static}) | {args.num_seqs} seqs x <= {args.max_new_tokens} new tokens | "
           f"{models.device_name()} | {models.versions()}")

@@ -23,6 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from support import models as loading  # noqa: E402
 
 RUNS = {  # name -> (implementation, critique type)
     "ours GRPO": ("ours", "none"),
@@ -42,7 +43,7 @@ def save_model(name: str, dtype: str) -> str:
     import models
     import rollout
     if name == "embedded":
-        return rollout.embedded_model_dir()
+        return loading.embedded_model_dir()
     out = Path(tempfile.gettempdir()) / "critique_grpo_bench" / f"{name}-hf"
     if not (out / "config.json").exists():
         model, tok = models.load(name, dtype, "cpu")
@@ -67,7 +68,7 @@ def run_trl(model_dir: str, a) -> list[float]:
     import data
     import rollout
     from datasets import Dataset
-    from evaluate import AnswerChecker
+    from support.checker import AnswerChecker
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -96,7 +97,7 @@ def run_trl(model_dir: str, a) -> list[float]:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.pad_token = tok.pad_token or tok.eos_token
-    dt = rollout.resolve_dtype(a.dtype)
+    dt = loading.resolve_dtype(a.dtype)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt)
     micro = 8
     cfg = GRPOConfig(

@@ -18,6 +18,8 @@ import torch
 
 import models
 import rollout
+from support import batching
+from support import models as loading
 
 
 def unshared(batch: dict) -> dict:
@@ -34,8 +36,8 @@ def step(model, batch: dict, chunk: int, budget: int, device) -> tuple[float, in
         torch.cuda.synchronize()
     faults, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     n = len(batch["prompt_index"])
-    for idx in rollout.micro_batches(batch, list(range(n)), budget):
-        logp, ent = rollout.response_logprobs(model, rollout.select(batch, idx, device), chunk_tokens=chunk)
+    for idx in batching.micro_batches(batch, list(range(n)), budget):
+        logp, ent = rollout.response_logprobs(model, batching.select(batch, idx, device), chunk_tokens=chunk)
         (logp.sum() / n + 0.001 * ent.sum() / n).backward()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -64,14 +66,14 @@ def main():
     vocab = min(tok.vocab_size, model.config.vocab_size)
     responses = [[rng.randrange(vocab) for _ in range(rng.randint(int(0.6 * args.max_new_tokens), args.max_new_tokens))]
                  for _ in prompts]
-    batch = rollout.pack(prompts, responses, tok.pad_token_id)
+    batch = batching.pack(prompts, responses, tok.pad_token_id)
     arms = {"full sequences, chunk 1024": (unshared(batch), 1024),
             "full sequences, chunk 128": (unshared(batch), 128),
             "shared prompts, chunk 1024": (batch, 1024),
             "shared prompts, chunk 128 (default)": (batch, 128)}
-    print(f"{args.model} {rollout.choose_dtype(args.dtype)[1]}; {len(prompts)} sequences of prompt "
+    print(f"{args.model} {loading.choose_dtype(args.dtype)[1]}; {len(prompts)} sequences of prompt "
           f"{batch['prompt_mask'].sum(1).float().mean():.0f} + response "
-          f"{batch['response_mask'].sum(1).float().mean():.0f} tokens; {rollout.describe_device(device)}")
+          f"{batch['response_mask'].sum(1).float().mean():.0f} tokens; {loading.describe_device(device)}")
     for name, (b, chunk) in arms.items():  # warm-up
         step(model, b, chunk, args.micro_batch_tokens, device)
     times = {name: [] for name in arms}

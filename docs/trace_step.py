@@ -9,7 +9,7 @@ Nothing of the step is re-implemented here. `train.main` runs ONE step with its 
 functions it calls through module attributes are wrapped so that what they see and return is kept:
 train.batch_for_step (the questions), rollout.generate (sampled answers and refinements, with the
 token ids the policy saw), critique.mix_groups (step 5), loss.group_advantages (step 6),
-train.update (the training sequences), rollout.micro_batches and train.micro_batch_loss (step 7:
+train.update (the training sequences), batching.micro_batches and train.micro_batch_loss (step 7:
 the log-probs it receives and the loss terms it returns). The checker's rewards and critiques are
 read back from samples.jsonl, the logged metrics (gradient norm) from metrics.jsonl. Every number
 on the page is printed from those records; the tables tests/test_one_step.py checks are between
@@ -40,6 +40,7 @@ import evaluate  # noqa: E402
 import loss  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
+from support import batching, cli, models  # noqa: E402
 
 WRAP = 98  # code-block lines longer than this are broken, marked with MARK
 MARK = "↩"
@@ -164,7 +165,7 @@ def run_step(argv: list[str], stop_before_update: bool = False) -> Recorder:
         except StopBeforeUpdate:
             pass
     if not stop_before_update:
-        out = Path(train.parse_config(argv).output_dir)
+        out = Path(cli.parse_config(train.Config, argv).output_dir)
         rec.config = json.loads((out / "config.json").read_text())
         rec.samples = [json.loads(x) for x in open(out / "samples.jsonl")]
         rec.metrics = [json.loads(x) for x in open(out / "metrics.jsonl")]
@@ -337,7 +338,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
 
     # ---- header ----
     w("# One real step of Critique-GRPO, traced\n")
-    model = "the embedded model (SmolLM2-135M-Instruct)" if cfg.model == rollout.EMBEDDED_MODEL \
+    model = "the embedded model (SmolLM2-135M-Instruct)" if cfg.model == models.EMBEDDED_MODEL \
         else f"`{cfg.model}`"
     w(para(f"""One training step of `train.py` on {model}, with every number printed by the code
     that computes it: [trace_step.py](trace_step.py) runs `train.main` for one step and
@@ -359,7 +360,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
         ("dtype", f"{resolved['dtype']}: {resolved['dtype_reason']}"),
         ("versions", f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"Python {platform.python_version()}"),
-        ("model", "embedded (SmolLM2-135M-Instruct)" if cfg.model == rollout.EMBEDDED_MODEL
+        ("model", "embedded (SmolLM2-135M-Instruct)" if cfg.model == models.EMBEDDED_MODEL
          else cell(cfg.model)),
         ("questions × group", f"{B} × {cfg.n_init} ({n} sampled + {k} refinement)"),
         ("`--critique_type`", cell(cfg.critique_type)),
@@ -639,7 +640,7 @@ def render(rec: Recorder, *, seed: int, seed_note: str, command: str, wall_s: fl
     return "\n".join(out)
 
 
-def one_step_page(model: str = rollout.EMBEDDED_MODEL, train_data: str | None = None,
+def one_step_page(model: str = models.EMBEDDED_MODEL, train_data: str | None = None,
                   eval_data: str | None = None, seed: int | None = None,
                   seeds=range(20), flags=(), command: str = "",
                   log=print) -> tuple[str, Recorder]:
@@ -676,7 +677,7 @@ def one_step_page(model: str = rollout.EMBEDDED_MODEL, train_data: str | None = 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=rollout.EMBEDDED_MODEL)
+    ap.add_argument("--model", default=models.EMBEDDED_MODEL)
     ap.add_argument("--train_data", default=None, help="default: train.py's")
     ap.add_argument("--eval_data", default=None, help="default: train.py's")
     ap.add_argument("--seed", type=int, default=None, help="default: search --seeds")

@@ -18,6 +18,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 import loss as L  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
+from support import batching, processes  # noqa: E402
 from conftest import make_model, make_tokenizer  # noqa: E402
 
 B, N_PER = 4, 4  # groups, sequences per group (the last one a refinement)
@@ -57,8 +58,8 @@ def one_update(procs, aggregation="constant", baseline="none", updates=1, drop_g
     # SGD: the update is -lr x the clipped gradient, comparable
     optimizer = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     prompt = rollout.question_ids(tok, "filler")
-    filler = rollout.select(rollout.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0])
-    model, optimizer = procs.prepare(rollout.PolicyLogprobs(policy), optimizer, filler)
+    filler = batching.select(batching.pack([prompt], [[tok.eos_token_id]], tok.pad_token_id), [0])
+    model, optimizer = procs.prepare(processes.PolicyLogprobs(policy), optimizer, filler)
 
     per = B // procs.world
     mine = [r for r in hand_made_rollout(tok, drop_groups) if procs.rank * per <= r[0] < (procs.rank + 1) * per]
@@ -81,7 +82,7 @@ def one_update(procs, aggregation="constant", baseline="none", updates=1, drop_g
 
 
 if __name__ == "__main__":
-    from processes import Processes
+    from support.processes import Processes
     procs = Processes(output_dir=str(Path(sys.argv[1]).parent))
     results = [one_update(procs, **case) for case in json.loads(sys.argv[2])]
     if procs.is_main:

@@ -105,7 +105,9 @@ def compare(a: Path, b: Path) -> list[str]:
                 for path in ("model", "train_data", "eval_data", "output_dir"):  # where each ran
                     ca.pop(path), cb.pop(path)
                 if ca != cb:
-                    diffs.append(f"{name}/{f}: {[k for k in ca if ca[k] != cb.get(k)]} differ")
+                    keys = sorted(k for k in {*ca, *cb} if ca.get(k, "(absent)") != cb.get(k, "(absent)"))
+                    diffs.append(f"{name}/{f}: " + ", ".join(
+                        f"{k} {ca.get(k, '(absent)')!r} vs {cb.get(k, '(absent)')!r}" for k in keys))
             elif f.suffix == ".safetensors":
                 ta, tb = load_file(fa), load_file(fb)
                 if ta.keys() != tb.keys() or any(not torch.equal(ta[k], tb[k]) for k in ta):

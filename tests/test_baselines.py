@@ -11,6 +11,7 @@ import evaluate
 import loss as L
 import rollout
 import train
+from support import batching, cli, models
 from test_critique import _Handler, server  # noqa: F401  (a local OpenAI-compatible endpoint as the CoT critic)
 from test_train import run
 
@@ -25,7 +26,7 @@ def test_supervised_targets_pick_exactly_what_each_baseline_trains(tok):
     kw = dict(tok=tok, rows=rows, prompt_ids=prompts, n=2, responses=responses, rewards=rewards,
               to_refine=to_refine, refinements=refinements, refine_rewards=refine_rewards, R=8, critique_R=8)
     crits = ["... Conclusion: wrong", "looks fine", "Conclusion: wrong."]
-    ids = lambda text, R=8: train.policy_tokens(tok, text, R)
+    ids = lambda text, R=8: rollout.policy_tokens(tok, text, R)
     def targets(baseline):  # (group, prompt, response) of each Sequence record
         return [(s.group, s.prompt, s.response) for s in train.supervised_targets(baseline, critiques=crits, **kw)]
     assert targets("sft") == [(0, [100], ids("s0")), (1, [101], ids("s1"))]
@@ -41,9 +42,9 @@ def test_supervised_targets_pick_exactly_what_each_baseline_trains(tok):
 def test_token_mean_nll_by_hand(tiny_model_dir):
     """The loss a baseline minimises: -log p averaged over the real response tokens of the whole
     mini-batch; prompt tokens and padding add nothing, whatever the padding holds."""
-    model, _ = rollout.load_model_and_tokenizer(tiny_model_dir, dtype="float32")
+    model, _ = models.load_model_and_tokenizer(tiny_model_dir, dtype="float32")
     prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11, 12], [13]]
-    batch = rollout.pack(prompts, responses, pad_id=0)
+    batch = batching.pack(prompts, responses, pad_id=0)
     logp, _ = rollout.response_logprobs(model, batch, entropy=False)                    # (2, 3)
     mask = batch["response_mask"]
     nll = L.aggregate(-logp, mask, int(mask.sum()))
@@ -115,9 +116,9 @@ def test_an_empty_step_does_not_move_the_weights(tmp_path, tiny_model_dir, tiny_
 
 def test_baseline_flags_are_checked():
     with pytest.raises(SystemExit, match="critique_ft.*--critique_type cot"):
-        train.validate(train.parse_config(["--baseline", "critique_ft"]))
+        cli.validate(cli.parse_config(train.Config, ["--baseline", "critique_ft"]))
     with pytest.raises(SystemExit, match="refine_ft"):
-        train.validate(train.parse_config(["--baseline", "refine_ft", "--critique_type", "none"]))
+        cli.validate(cli.parse_config(train.Config, ["--baseline", "refine_ft", "--critique_type", "none"]))
     assert critique.reference_or_answer(None, "7") == "The final answer is \\boxed{7}."
 
 

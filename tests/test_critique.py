@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 import critique as C
+from support import critics
 
 
 def test_indicative_golden_strings():
@@ -136,7 +137,7 @@ def server():
 def test_api_critic_retries_then_succeeds(server, monkeypatch):
     monkeypatch.setenv("TEST_CRITIC_KEY", "sk-secret")
     _Handler.script = [429, "GARBAGE", "It is wrong. Conclusion: wrong [END]"]
-    critic = C.APICritic(server, "gpt-4o", api_key_env="TEST_CRITIC_KEY", retries=3, backoff=0.01, concurrency=1)
+    critic = critics.APICritic(server, "gpt-4o", api_key_env="TEST_CRITIC_KEY", retries=3, backoff=0.01, concurrency=1)
     assert critic([C.critic_messages("q", "a", "r")]) == ["It is wrong. Conclusion: wrong [END]"]
     auth, body = _Handler.seen[-1]
     assert auth == "Bearer sk-secret" and body["model"] == "gpt-4o" and body["temperature"] == 0.7
@@ -147,7 +148,7 @@ def test_api_critic_retries_then_succeeds(server, monkeypatch):
 
 def test_api_critic_failure_falls_back_to_ground_truth(server):
     _Handler.script = [500] * 6
-    critic = C.APICritic(server, "m", retries=3, backoff=0.01, concurrency=1)
+    critic = critics.APICritic(server, "m", retries=3, backoff=0.01, concurrency=1)
     out, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False], ground_truths=["5"],
                                       references=[None], critic=critic, tries=2)
     assert out == ["The generated solution is incorrect, the ground truth is 5."] and fallbacks == 1
@@ -159,7 +160,7 @@ def test_disagreeing_critiques_fall_back_without_transport_failures(server):
     """The critic answers every time but never concludes 'wrong': a content fallback, not a
     transport failure, so a run can tell a bad critic from an unreachable one."""
     _Handler.script = ["Looks right to me. Conclusion: right"] * 2
-    critic = C.APICritic(server, "m", retries=3, backoff=0.01, concurrency=1)
+    critic = critics.APICritic(server, "m", retries=3, backoff=0.01, concurrency=1)
     _, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False],
                                     ground_truths=["5"], references=[None], critic=critic, tries=2)
     assert fallbacks == 1 and critic.transport_failures == 0 and critic.calls == 2
@@ -186,7 +187,7 @@ def _closed_port_url():
 def test_probe_says_in_one_line_why_the_endpoint_cannot_be_reached(server, answer, said):
     url = _closed_port_url() if answer == "REFUSED" else server
     _Handler.script = [answer]
-    critic = C.APICritic(url, "gpt-4o", retries=3, backoff=0.01, timeout=0.3, max_tokens=4096)
+    critic = critics.APICritic(url, "gpt-4o", retries=3, backoff=0.01, timeout=0.3, max_tokens=4096)
     if said is None:
         critic.probe()
     else:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluate import AnswerChecker, extract_answer, fast_equal, last_boxed
+from support.checker import AnswerChecker
+from evaluate import extract_answer, fast_equal, last_boxed
+from support import models
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "critique_grpo_eval.parquet"
 NO_SHARED = (f"{SHARED_EVAL} is absent: the released benchmark file (2,019 rows) lives in ../shared beside the "
@@ -192,7 +194,7 @@ def test_pooled_generations_go_back_to_their_benchmark(tmp_path, tok):
     tok.save_pretrained(d)
     B.main(["--model", d, "--data", str(SHARED_EVAL), "--benchmarks", "aime24,math500", "--limit", "2",
             "--runs", "1", "--max_new_tokens", "6", "--dtype", "float32", "--output_dir", str(tmp_path)])
-    model, tok = rollout.load_model_and_tokenizer(d, dtype="float32")
+    model, tok = models.load_model_and_tokenizer(d, dtype="float32")
     lines = [json.loads(x) for x in open(tmp_path / "generations.jsonl")]
     assert len({x["response"] for x in lines}) > 2  # the model answers each question differently
     for line in lines:

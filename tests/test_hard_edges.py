@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import train
+from support import checker, checkpoints, critics, processes
 from test_train import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def test_api_critic_connection_refused_and_timeout_fall_back():
     try:
         for url, why in ((f"http://127.0.0.1:{closed_port}/v1", "connection refused"),
                          (f"http://127.0.0.1:{srv.server_port}/v1", "timed out after 0.3 s")):
-            critic = C.APICritic(url, "m", retries=2, backoff=0.01, timeout=0.3, concurrency=1)
+            critic = critics.APICritic(url, "m", retries=2, backoff=0.01, timeout=0.3, concurrency=1)
             t0 = time.monotonic()
             out, fallbacks = C.make_critiques("cot", questions=["q"], responses=["a"], correct=[False],
                                               ground_truths=["5"], references=[None], critic=critic, tries=1)
@@ -176,11 +177,11 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tin
     with pytest.raises(OSError, match="disk full"):
         run(tmp_path, tiny_model_dir, tiny_data, "crash", "--max_steps", "2", "--resume")
     assert {p.name: p.read_bytes() for p in (out / "checkpoint-1").iterdir()} == before
-    assert not (out / "checkpoint-2").exists() and train.latest_checkpoint(out).name == "checkpoint-1"
+    assert not (out / "checkpoint-2").exists() and checkpoints.latest_checkpoint(out).name == "checkpoint-1"
 
 
 def test_a_signal_inside_a_deferred_block_waits_for_its_end(tmp_path):
-    from processes import Processes
+    from support.processes import Processes
     saved, done = [], []
     procs = Processes(output_dir=str(tmp_path))
     procs.catch_stop(lambda: saved.append("ckpt") or "ckpt")
@@ -210,7 +211,7 @@ def _checker_workers(pid: int) -> list:
     found = []
     for child in psutil.Process(pid).children():
         try:
-            if "evaluate._worker(" in " ".join(child.cmdline()):
+            if "checker._worker(" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:  # it ended meanwhile
             pass
@@ -326,7 +327,7 @@ def test_sigkill_of_evaluate_leaves_no_checker_worker_even_inside_a_check(tmp_pa
 def test_a_checker_worker_ignores_ctrl_c():
     """Ctrl-C reaches the whole process group: a worker must not die of it (the trainer handles it,
     then its workers end with it), so the same worker checks on afterwards."""
-    from evaluate import AnswerChecker
+    from support.checker import AnswerChecker
     c = AnswerChecker(num_workers=1)
     try:
         assert c([r"\boxed{0.5}"], [r"\frac{1}{2}"]) == [1.0]  # starts the worker
@@ -339,7 +340,7 @@ def test_a_checker_worker_ignores_ctrl_c():
 
 
 def test_a_checker_worker_killed_while_idle_is_replaced():
-    from evaluate import AnswerChecker
+    from support.checker import AnswerChecker
     c = AnswerChecker(num_workers=1)
     try:
         assert c([r"\boxed{0.5}"], [r"\frac{1}{2}"]) == [1.0]  # starts the worker
@@ -370,12 +371,12 @@ def test_a_kill_anywhere_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_
                               env={**env, "CRITIQUE_GRPO_KILL_AT": kill} if kill else env)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert train_py(straight).returncode == 0
-    # the 3rd generation is step 2's sampling (after the step-0 evaluation and step 1's sampling); a
-    # resumed process counts from 1 again: its first update and its first checkpoint are step 2's
-    for i, kill in enumerate(["generate:3", "update:1", "checkpoint:1"]):
+    # the 2nd sampling is step 2's (after step 1's); a resumed process counts from 1 again: its first
+    # update and its first checkpoint are step 2's
+    for i, kill in enumerate(["sample:2", "update:1", "checkpoint:1"]):
         p = train_py(killed, *(["--resume"] if i else []), kill=kill)
         assert p.returncode == -signal.SIGKILL, (kill, p.stdout[-2000:], p.stderr[-2000:])
-        assert train.latest_checkpoint(killed).name == "checkpoint-1", kill  # never a half one
+        assert checkpoints.latest_checkpoint(killed).name == "checkpoint-1", kill  # never a half one
     assert (killed / "checkpoint-2.tmp").exists()  # the last kill was inside the checkpoint write
     p = train_py(killed, "--resume")
     assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-2000:]

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from support import checkpoints, cli
 from conftest import ROOT
 
 # every test here starts processes through `accelerate launch` (~10-40 s each): the slow set
@@ -199,7 +200,7 @@ def test_split_weights_run_save_and_resume_as_ddp(tmp_path, tiny_model_dir, tiny
 
 def test_processes_must_split_the_prompts_evenly():
     with pytest.raises(SystemExit, match="divisible by 2 processes"):
-        train.validate(train.parse_config(["--prompts_per_step", "3"]), num_processes=2)
+        cli.validate(cli.parse_config(train.Config, ["--prompts_per_step", "3"]), num_processes=2)
 
 
 def test_ctrl_c_on_two_processes_leaves_one_consistent_checkpoint(tmp_path, tiny_model_dir, tiny_data):
@@ -219,7 +220,7 @@ def test_ctrl_c_on_two_processes_leaves_one_consistent_checkpoint(tmp_path, tiny
     os.killpg(p.pid, signal.SIGINT)
     log = p.communicate(timeout=120)[0]
     assert p.returncode != 0 and log.count("interrupted: saved") == 1, log[-3000:]
-    last = train.latest_checkpoint(out)
+    last = checkpoints.latest_checkpoint(out)
     step = int(last.name.split("-")[1])
     assert not list(out.glob("*.tmp"))  # no half-written checkpoint
     assert len(torch.load(last / "trainer_state.pt", weights_only=False)["process_rng"]) == 2

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import rollout
+from support import batching, generation, models
 from conftest import make_model
 
 
@@ -12,15 +13,15 @@ def test_cut_at_eos_keeps_first_eos():
 
 
 def test_pack_layout_shares_each_distinct_prompt():
-    b = rollout.pack([[1, 2, 3], [4], [1, 2, 3]], [[7, 0], [8, 9, 0], [6, 0]], pad_id=0)
+    b = batching.pack([[1, 2, 3], [4], [1, 2, 3]], [[7, 0], [8, 9, 0], [6, 0]], pad_id=0)
     assert b["prompt_ids"].tolist() == [[1, 2, 3], [0, 0, 4]] and b["prompt_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert b["prompt_index"].tolist() == [0, 1, 0]
     assert b["response_ids"].tolist() == [[7, 0, 0], [8, 9, 0], [6, 0, 0]]
     assert b["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]  # the EOS (= pad id 0) is counted
-    s = rollout.select(b, [2, 0])  # only prompt 0, re-indexed; the all-pad third response column cut
+    s = batching.select(b, [2, 0])  # only prompt 0, re-indexed; the all-pad third response column cut
     assert s["prompt_ids"].tolist() == [[1, 2, 3]] and s["prompt_index"].tolist() == [0, 0]
     assert s["response_ids"].tolist() == [[6, 0], [7, 0]] and s["response_mask"].tolist() == [[1, 1], [1, 1]]
-    s = rollout.select(b, [1])  # the leading all-pad prompt columns cut
+    s = batching.select(b, [1])  # the leading all-pad prompt columns cut
     assert s["prompt_ids"].tolist() == [[4]] and s["response_ids"].tolist() == [[8, 9, 0]]
 
 
@@ -48,10 +49,10 @@ def test_response_logprobs_match_full_logits_alone(tok, arch, chunk, checkpointi
     own forward, for every chunk size."""
     model = make_model(tok, arch)
     if checkpointing:
-        rollout.enable_checkpointing(model)
+        models.enable_checkpointing(model)
         model.train()
-    batch = rollout.pack(PROMPTS, RESPONSES, tok.pad_token_id, R=6)  # 2 all-pad response columns
-    lp, ent = rollout.response_logprobs(model, rollout.select(batch, list(range(5))), chunk_tokens=chunk)
+    batch = batching.pack(PROMPTS, RESPONSES, tok.pad_token_id, R=6)  # 2 all-pad response columns
+    lp, ent = rollout.response_logprobs(model, batching.select(batch, list(range(5))), chunk_tokens=chunk)
     with torch.no_grad():
         ref_lp, ref_ent = _full_logits_reference(model.eval(), PROMPTS, RESPONSES)
     assert lp.shape == ent.shape == (5, 4)
@@ -65,15 +66,15 @@ def test_response_logprobs_match_full_logits_alone(tok, arch, chunk, checkpointi
 def test_shared_prompt_gradients_equal_full_logits(tok, checkpointing):
     """Gradients flow through the shared prompt cache (and the recomputed LM-head chunks) exactly as through
     the plain full-logits loss of each sequence alone."""
-    batch = rollout.pack(PROMPTS, RESPONSES, tok.pad_token_id)
+    batch = batching.pack(PROMPTS, RESPONSES, tok.pad_token_id)
     grads = []
     for ours in (True, False):
         model = make_model(tok)
         if ours:
             if checkpointing:
-                rollout.enable_checkpointing(model)
+                models.enable_checkpointing(model)
             model.train()
-            lp, ent = rollout.response_logprobs(model, rollout.select(batch, list(range(5))), chunk_tokens=2)
+            lp, ent = rollout.response_logprobs(model, batching.select(batch, list(range(5))), chunk_tokens=2)
             loss = (lp * batch["response_mask"][:, :4]).sum() + ent.sum()
         else:
             ref_lp, ref_ent = _full_logits_reference(model, PROMPTS, RESPONSES)
@@ -85,14 +86,14 @@ def test_shared_prompt_gradients_equal_full_logits(tok, checkpointing):
 
 def test_micro_batches_respect_the_token_budget():
     """Cost = distinct prompts x longest prompt + rows x longest response (the shared-prompt layout)."""
-    b = rollout.pack([[1] * 5, [2] * 20, [1] * 5, [3] * 25, [1] * 5], [[4] * 5, [4] * 30, [4] * 10, [4] * 20, [4]],
+    b = batching.pack([[1] * 5, [2] * 20, [1] * 5, [3] * 25, [1] * 5], [[4] * 5, [4] * 30, [4] * 10, [4] * 20, [4]],
                      pad_id=0)
-    mbs = rollout.micro_batches(b, [0, 1, 2, 3, 4], token_budget=70)
+    mbs = batching.micro_batches(b, [0, 1, 2, 3, 4], token_budget=70)
     assert sorted(i for mb in mbs for i in mb) == [0, 1, 2, 3, 4]
     # longest response first: [1] = 20 + 30; + seq 3: 2 prompts x 25 + 2 x 30 = 110 > 70; [3] = 25 + 20;
     # + seq 2: 2 x 25 + 2 x 20 = 90 > 70; seqs 2, 0 and 4 share one prompt: 1 x 5 + 3 x 10 = 35
     assert mbs == [[1], [3], [2, 0, 4]]
-    assert rollout.micro_batches(b, [1, 0], token_budget=10) == [[1], [0]]  # longer than the budget: alone
+    assert batching.micro_batches(b, [1, 0], token_budget=10) == [[1], [0]]  # longer than the budget: alone
 
 
 def test_token_logprobs_equals_log_softmax_gather():
@@ -145,7 +146,7 @@ def test_finished_answers_leave_the_batch_without_changing_any_answer(tok, monke
     monkeypatch.setattr(model, "generate", lambda **k: widths.append(len(k["input_ids"])) or generate(**k))
 
     def answers(segment, temperature, **more):
-        monkeypatch.setattr(rollout, "SEGMENT", segment)
+        monkeypatch.setattr(generation, "SEGMENT", segment)
         widths.clear()
         torch.manual_seed(0)
         return rollout.generate(model, tok, prompts, temperature=temperature, **kw, **more)
@@ -184,20 +185,20 @@ def test_merged_lora_generates_the_same_tokens_and_restores_the_weights(tok):
         base = rollout.generate(model, tok, prompts, max_new_tokens=10, temperature=0)
     assert merged == plain and base != plain           # the adapter matters, and the merge keeps it
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # bit-identical afterwards
-    assert all(not m.disable_adapters for m in rollout._lora_layers(model))      # adapter back on
+    assert all(not m.disable_adapters for m in generation._lora_layers(model))      # adapter back on
 
 
 def test_bf16_weights_are_never_merged(tok):
     """bf16 cannot hold a small LoRA delta (W + BA rounds most of BA away): generation keeps it apart."""
     model = _lora(make_model(tok, init_std=0.5)).to(torch.bfloat16)
-    for m in rollout._lora_layers(model):  # a delta of 0.1 % of W, the size a short run learns
+    for m in generation._lora_layers(model):  # a delta of 0.1 % of W, the size a short run learns
         m.lora_B["default"].weight.data.fill_(1e-3 * m.base_layer.weight.abs().mean() / m.lora_A["default"].weight.abs().sum(1).mean())
-    w = rollout._lora_layers(model)[0].base_layer.weight
-    delta = rollout._lora_layers(model)[0].get_delta_weight("default")
+    w = generation._lora_layers(model)[0].base_layer.weight
+    delta = generation._lora_layers(model)[0].get_delta_weight("default")
     assert ((w.float() + delta.float()).to(torch.bfloat16).float() - w.float() - delta.float()).norm() > 0.2 * delta.float().norm()
     before = w.detach().clone()
-    with rollout.lora_merged(model):
-        assert torch.equal(w, before) and not rollout._lora_layers(model)[0].disable_adapters  # adapter still applied
+    with generation.lora_merged(model):
+        assert torch.equal(w, before) and not generation._lora_layers(model)[0].disable_adapters  # adapter still applied
 
 
 def test_bf16_bases_run_their_float32_adapter_in_bf16_while_generating(tok):
@@ -214,7 +215,7 @@ def test_bf16_bases_run_their_float32_adapter_in_bf16_while_generating(tok):
         full = model(ids).logits.float()
         with model.disable_adapter():
             base = model(ids).logits.float()
-        with rollout.lora_merged(model):
+        with generation.lora_merged(model):
             assert all(p.dtype == torch.bfloat16 for p in adapter)
             half = model(ids).logits.float()
     assert all(p.dtype == torch.float32 and torch.equal(p, d) for p, d in zip(adapter, kept))
@@ -233,9 +234,9 @@ def test_static_cache_with_bucketed_shapes_generates_the_same_tokens(tok):
 
 def test_auto_batch_size_follows_memory(tok):
     model = make_model(tok)
-    assert rollout.kv_bytes_per_token(model) == 2 * 2 * 2 * 8 * 4   # K and V, 2 layers, 2 kv heads, dim 8, fp32
-    assert 1 <= rollout.auto_batch_size(model, 128) <= 512
-    assert rollout.auto_batch_size(model, 128, cap=3) == 3
+    assert generation.kv_bytes_per_token(model) == 2 * 2 * 2 * 8 * 4   # K and V, 2 layers, 2 kv heads, dim 8, fp32
+    assert 1 <= generation.auto_batch_size(model, 128) <= 512
+    assert generation.auto_batch_size(model, 128, cap=3) == 3
 
 
 @pytest.mark.gpu
@@ -259,7 +260,7 @@ def test_decode_step_samples_softmax_over_temperature_within_top_p():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().repeat(20000, 1)
     for T, top_p, want in ((1.0, 0.7, [0.625, 0.375, 0, 0]), (0.5, 1.0, [0.25 / .365, 0.09 / .365, 0.0225 / .365, 0.0025 / .365])):
         bar = Bar()
-        step = rollout._DecodeStep(T, top_p, eos=[3], bar=bar, rows=20000)
+        step = generation._DecodeStep(T, top_p, eos=[3], bar=bar, rows=20000)
         scores = step(torch.zeros(20000, 5, dtype=torch.long), logits)
         assert (scores == 0).sum(-1).eq(1).all() and torch.isinf(scores).sum(-1).eq(3).all()  # one finite token a row
         freq = torch.bincount(scores.argmax(-1), minlength=4).float() / 20000
@@ -267,7 +268,7 @@ def test_decode_step_samples_softmax_over_temperature_within_top_p():
         assert bar.n == 20000
     # the next call counts only rows that have not produced an EOS (token 3) yet
     ids = torch.tensor([[1, 3], [1, 2]])
-    step, bar = rollout._DecodeStep(0.0, 1.0, eos=[3], bar=Bar(), rows=2), None
+    step, bar = generation._DecodeStep(0.0, 1.0, eos=[3], bar=Bar(), rows=2), None
     step(ids[:, :1], logits[:2])
     assert step.bar.n == 2 and step(ids, logits[:2]).equal(logits[:2]) and step.bar.n == 3  # greedy: scores untouched
 
@@ -278,9 +279,9 @@ def test_decode_step_samples_softmax_over_temperature_within_top_p():
     (["avx2"], "AVX2", torch.float32, "this CPU has no native bf16"),
 ])
 def test_auto_dtype_says_what_it_chose_and_why(flags, isa, want, why):
-    dtype, reason = rollout.choose_dtype("auto", cpu_flags=flags, isa=isa)
+    dtype, reason = models.choose_dtype("auto", cpu_flags=flags, isa=isa)
     assert dtype == want and why in reason and reason.startswith(f"auto -> {str(want).removeprefix('torch.')}")
-    assert rollout.choose_dtype("float32") == (torch.float32, "float32 (--dtype float32)")
+    assert models.choose_dtype("float32") == (torch.float32, "float32 (--dtype float32)")
 
 
 def test_adapter_on_the_embedded_model_names_the_hub_model(tmp_path, tiny_model_dir, monkeypatch):
@@ -288,8 +289,8 @@ def test_adapter_on_the_embedded_model_names_the_hub_model(tmp_path, tiny_model_
     import json
 
     from peft import LoraConfig, get_peft_model
-    monkeypatch.setattr(rollout, "embedded_model_dir", lambda: tiny_model_dir)
-    model, _ = rollout.load_model_and_tokenizer(rollout.EMBEDDED_MODEL, dtype="float32")
+    monkeypatch.setattr(models, "embedded_model_dir", lambda: tiny_model_dir)
+    model, _ = models.load_model_and_tokenizer(models.EMBEDDED_MODEL, dtype="float32")
     get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path, save_embedding_layers=False)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        rollout.EMBEDDED_HUB_NAME
+        models.EMBEDDED_HUB_NAME

@@ -1,11 +1,14 @@
 """End-to-end runs of train.py on a tiny random model: every critique type, checkpoints, resume."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import rollout
 import train
+from support import checker, cli
 
 
 def run(tmp_path, tiny_model_dir, tiny_data, name, *extra):
@@ -129,7 +132,7 @@ def test_the_step0_evaluation_is_computed_once_and_reused(tmp_path, tiny_model_d
 def test_an_unfinished_response_scores_zero_only_without_score_unfinished(tok):
     """Step 2's reward: a response that ran into max_new_tokens (no EOS at its end) scores 0 by
     default, whatever its text says, and on its text with --score_unfinished (the paper)."""
-    from evaluate import AnswerChecker
+    from support.checker import AnswerChecker
     checker = AnswerChecker(num_workers=1)
     try:
         texts, answers = ["The answer is 8.", "The answer is 8. The answer is 8. The"], ["8", "8"]
@@ -142,11 +145,11 @@ def test_an_unfinished_response_scores_zero_only_without_score_unfinished(tok):
         checker.close()
     # a weaker refiner's text re-tokenized for the policy keeps its end: EOS only if it finished
     ids = tok("1 2 3", add_special_tokens=False)["input_ids"]
-    assert train.policy_tokens(tok, "1 2 3", len(ids) + 1) == ids + [eos]
+    assert rollout.policy_tokens(tok, "1 2 3", len(ids) + 1) == ids + [eos]
     # unfinished, or too long for R: cut, and no EOS that would claim an end
-    assert train.policy_tokens(tok, "1 2 3", len(ids) + 1, finished=False) == ids
-    assert train.policy_tokens(tok, "1 2 3", len(ids)) == ids[:len(ids)]
-    assert train.policy_tokens(tok, "1 2 3", 2) == ids[:2]
+    assert rollout.policy_tokens(tok, "1 2 3", len(ids) + 1, finished=False) == ids
+    assert rollout.policy_tokens(tok, "1 2 3", len(ids)) == ids[:len(ids)]
+    assert rollout.policy_tokens(tok, "1 2 3", 2) == ids[:2]
 
 
 def test_checkpoint_is_a_peft_adapter(tmp_path, tiny_model_dir, tiny_data):
@@ -180,16 +183,16 @@ def test_resume_continues_exactly(tmp_path, tiny_model_dir, tiny_data):
 
 def test_help_lists_every_field_and_unknown_flags_fail(capsys):
     with pytest.raises(SystemExit) as e:
-        train.parse_config(["--help"])
+        cli.parse_config(train.Config, ["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
     for f in ("--model", "--critique_type", "--max_steps", "--output_dir", "--resume", "--seed", "--gamma"):
         assert f in text
     assert "shaping f(p) = p/(p+gamma)" in text and "(default: 0.1)" in text
     with pytest.raises(SystemExit) as e:
-        train.parse_config(["--no_such_flag", "1"])
+        cli.parse_config(train.Config, ["--no_such_flag", "1"])
     assert e.value.code == 2
-    assert train.parse_config(["--gamma", "none", "--clip_eps", "None"]).gamma is None
+    assert cli.parse_config(train.Config, ["--gamma", "none", "--clip_eps", "None"]).gamma is None
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -199,7 +202,7 @@ def test_help_lists_every_field_and_unknown_flags_fail(capsys):
 ])
 def test_bad_flags_fail_before_loading_a_model(argv, message):
     with pytest.raises(SystemExit) as e:
-        train.validate(train.parse_config(argv))
+        cli.validate(cli.parse_config(train.Config, argv))
     assert message in str(e.value)
 
 
@@ -223,13 +226,14 @@ BAD_VALUES = [("--lr", "-1", "--lr -1.0 must be > 0"), ("--lr", "0", "--lr 0.0 m
               ("--critic_tries", "0", "must be >= 1"), ("--critic_max_new_tokens", "0", "must be >= 1"),
               ("--gen_batch_size", "-1", "(0 = by free memory)"), ("--eval_limit", "-1", "must be >= 0"),
               ("--eval_every", "-1", "must be >= 0"), ("--save_every", "-1", "must be >= 0"),
-              ("--samples_every", "-1", "must be >= 0")]
+              ("--samples_every", "-1", "must be >= 0"), ("--critic_temperature", "-1", "must be >= 0"),
+              ("--critic_top_p", "0", "must be > 0"), ("--critic_top_p", "1.5", "must be <= 1")]
 
 
 @pytest.mark.parametrize("flag,value,message", BAD_VALUES)
 def test_every_number_is_range_checked(flag, value, message):
     with pytest.raises(SystemExit) as e:
-        train.validate(train.parse_config([flag, value]))
+        cli.validate(cli.parse_config(train.Config, [flag, value]))
     assert message in str(e.value) and str(e.value).startswith("error: ")
 
 
@@ -238,13 +242,13 @@ def test_bad_values_are_all_reported_at_once_before_anything_loads(tmp_path):
     import sys
     p = subprocess.run([sys.executable, "train.py", "--lr", "-1", "--top_p", "2", "--n_init", "0", "--model",
                         str(tmp_path / "no_model_here"), "--output_dir", str(tmp_path / "out")],
-                       cwd=train.Path(train.__file__).parent, capture_output=True, text=True)
+                       cwd=Path(train.__file__).parent, capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert [x.split()[0] for x in p.stderr.strip().splitlines()] == ["error:", "--n_init", "--top_p", "--n_refine"]
     assert not (tmp_path / "out").exists()  # nothing was made, no model looked for
     # argparse's own errors: one line and a pointer to --help, not the whole usage
     p = subprocess.run([sys.executable, "train.py", "--critique_type", "banana"],
-                       cwd=train.Path(train.__file__).parent, capture_output=True, text=True)
+                       cwd=Path(train.__file__).parent, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "error: argument --critique_type: invalid choice: 'banana' (choose from 'none', 'indicative', "
         "'indicative_gt', 'cot', 'self', 'expert') (see python train.py --help)"]
@@ -264,7 +268,7 @@ def test_qlora_step_on_4bit_weights(tmp_path, tiny_llama_4bit_dir, tiny_data):
     lora_b = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in lora_b.items() if "lora_B" in k)
     with pytest.raises(SystemExit, match="drop --no-lora"):
-        train.validate(train.parse_config(["--load_in_4bit", "--no-lora"]))
+        cli.validate(cli.parse_config(train.Config, ["--load_in_4bit", "--no-lora"]))
 
 
 def test_report_to_tensorboard_logs_every_metric_and_the_config(tmp_path, tiny_model_dir, tiny_data):

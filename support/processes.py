@@ -1,5 +1,11 @@
-"""Several processes behind one handle. On one process every method is the identity or a plain
-call, so train.py reads as one-process code; nothing here is part of the algorithm.
+"""Several processes behind one handle, so that train.py reads as one-process code; nothing here is
+part of the algorithm.
+
+On one process (`python train.py`) it still builds an accelerate Accelerator (which puts the model
+on its device and runs backward), and `catch_stop` installs SIGINT/SIGTERM handlers (a Ctrl-C
+writes a checkpoint of the last finished step); every other method is then a plain call: share,
+shard, gather and sum return what they are given, total returns the counts, whole_weights and
+passes add nothing, backward multiplies by a world of 1.
 
 `python train.py` is one process. `accelerate launch --num_processes N train.py` (or torchrun)
 starts N: each takes whole groups of every step, the loss constants count over all of them, and
@@ -10,10 +16,10 @@ FSDP2).
     log, is_main, rank, world          print once; who writes
     share(rows), shard / unshard       this process's groups; eval questions out and back in order
     gather(records), sum(values)       every process's records; a step's sums (times: the slowest)
-    prepare, whole_weights()           DDP or a split-weight engine; the whole model to generate
+    prepare, whole_weights(name)       DDP or a split-weight engine; the whole model to generate
     passes(micro_batches), backward    equal pass counts, gradient sync at the last pass, x N
     clip_and_step                      the optimizer step, skipped on a non-finite gradient norm
-    save, load, latest_checkpoint      who writes what; every process's RNG
+    save, load                         who writes what; every process's RNG
     deferred(), step_end()             a Ctrl-C finishes the step, on every process, then saves
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import rollout
 
 
 def rng_state(select_rng: random.Random) -> dict:
@@ -45,10 +53,18 @@ def set_rng_state(state: dict, select_rng: random.Random):
         torch.cuda.set_rng_state(state["cuda_rng"])
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint (a half-written one is still named checkpoint-N.tmp)."""
-    ckpts = sorted(output_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
+class PolicyLogprobs(torch.nn.Module):
+    """`response_logprobs` as one module's forward: the backbone and the LM head, which it calls
+    apart, inside a single forward, for wrappers that act on a module's forward and backward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # FSDP wraps each decoder layer
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def forward(self, batch: dict, **kw):
+        return rollout.response_logprobs(self.model, batch, **kw)
 
 
 class Processes:
@@ -94,7 +110,8 @@ class Processes:
 
     def kill_point(self, where: str):
         """Tests kill this process with SIGKILL, as an out-of-memory kill would, at the n-th
-        `where` ("generate", "update" or "checkpoint") given by CRITIQUE_GRPO_KILL_AT=where:n: at
+        `where` (a whole_weights name, "update" or "checkpoint") given by
+        CRITIQUE_GRPO_KILL_AT=where:n: at
         points the code reaches deterministically, never after a time."""
         self.reached[where] = self.reached.get(where, 0) + 1
         if os.environ.get("CRITIQUE_GRPO_KILL_AT") == f"{where}:{self.reached[where]}":
@@ -158,13 +175,14 @@ class Processes:
         return self.model, self.optimizer
 
     @contextlib.contextmanager
-    def whole_weights(self, needed: bool = True):
-        """Generate (or run a no-grad pass) on the whole model. Under split weights (ZeRO-3, FSDP2)
+    def whole_weights(self, name: str, needed: bool = True):
+        """Generate (or run a no-grad pass) on the whole model; name ("sample", "eval",
+        "fixed_logprobs") is the kill point tests reach here. Under split weights (ZeRO-3, FSDP2)
         every process gathers it once and frees it after, with the per-layer gathers off meanwhile:
         processes generate different numbers of tokens, so a collective in every forward would leave
         them waiting on each other. Whole weights already (one process, DDP, ZeRO-1/2): nothing."""
         if needed:
-            self.kill_point("generate")
+            self.kill_point(name)
         if not needed or not (self.zero3 or self.engine == "FSDP"):
             yield
         elif self.zero3:
