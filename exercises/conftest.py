@@ -4,7 +4,8 @@
     GRADE_EXERCISES=1 python -m pytest -q      # grade them all from anywhere
 
 A plain `python -m pytest -q` at the repository root collects them and skips them with this reason.
-The graders themselves are tested against the reference code in tests/test_exercises.py.
+The graders themselves are tested against the reference code in tests/test_exercises.py
+(instructor only, like tests/test_student_copy.py).
 """
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ SKIP_REASON = ("exercise grader: runs only when named, e.g. "
 
 
 def named_explicitly(args, invocation_dir) -> bool:
-    """True if a command-line path (`exercises/`, `exercises/test_03_selection.py::test_x`) is
+    """True if a command-line path (`exercises/`, `exercises/test_05_selection.py::test_x`) is
     this folder or lies inside it."""
     for arg in args:
         path = Path(invocation_dir, str(arg).split("::")[0]).resolve()

@@ -15,8 +15,12 @@ Rules the grader checks:
 - an all-equal group (all wrong, all right, or a group of one) gets A = 0 *exactly*, never NaN;
 - the result is a float tensor of shape (N,), one advantage per sequence.
 
-Grade:     pytest exercises/test_01_advantages.py
-Solution:  loss.group_advantages (read it after you have tried).
+Questions for yourself (not graded; your instructor has the answers):
+  Q1. Why must an all-equal group give exactly 0 rather than "something tiny"? Think of what
+      scale_by_std=True does to 1e-7 / (0 + eps), and of a group of one under torch.std.
+  Q2. Why can the trainer not compute the mean over the whole batch instead of per group?
+
+Grade:  pytest exercises/test_01_advantages.py
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The test runs it with CRITIQUE_GRPO_NOTEBOOK=tiny: its first code cell then takes the tiny random
 model and the few questions written here into CRITIQUE_GRPO_NOTEBOOK_DIR, and trains 2 steps instead
-of the embedded model's 6 (seconds instead of ~4½ minutes). Needs nbclient, nbformat and ipykernel
+of the embedded model's 6, for each of its two runs (Critique-GRPO and GRPO). Needs nbclient, nbformat and ipykernel
 (requirements.txt); the kernel is this interpreter's, from a kernelspec the test writes.
 """
 import json
@@ -66,4 +66,8 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert any("image/png" in o.get("data", {}) for o in shaping_plot.outputs)
     text = "".join(o.get("text", "") for o in last.outputs if o.output_type == "stream")
     assert "notebook wall time" in text
-    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    # Critique-GRPO and GRPO, at the same seed, side by side
+    for arm in ("cg_gt", "dr_grpo"):
+        config = json.loads((tmp_path / "run" / arm / "config.json").read_text())
+        assert config["seed"] == 0 and (tmp_path / "run" / arm / "metrics.jsonl").exists()
+        assert config["critique_type"] == ("none" if arm == "dr_grpo" else "indicative_gt")

@@ -1,4 +1,4 @@
-r"""Exercise 5 (implement): the per-token Critique-GRPO loss and its aggregation (step 7).
+r"""Exercise 7 (implement): the per-token Critique-GRPO loss and its aggregation (step 7).
 
 Shapes: N sequences (initial responses and refinements, flattened), R response positions (padded).
 logp[i, t] = log pi_theta(y_it | q, y_i<t) under the *bare* question, old_logp the same under
@@ -12,7 +12,8 @@ policy_loss: the loss to MINIMISE, per token (N, R):
                       (= -min(A ratio, A clip(ratio)), PPO's surrogate)
 - refinements (off_policy True): no ratio and no clip (they were not sampled from this prompt):
       gamma None:     -A * logp                                 (shaping off)
-      gamma g:        -A * f(exp(logp)),  f(p) = p / (p + g)   (exercise 2; loss.shaping is ok)
+      gamma g:        -A * f(exp(logp)),  f(p) = p / (p + g)   (exercise 4: your shaping,
+                      imported below)
 Every (i, t) gets a value, padding included; the mask is applied by aggregate.
 
 aggregate(per_token, mask, denom, seq_weights=None): the scalar loss
@@ -25,12 +26,21 @@ gradients, so
       aggregate(first half) + aggregate(second half) == aggregate(whole batch)     (same denom).
 Padding (mask 0) may hold any finite value and must get zero gradient.
 
-Grade:     pytest exercises/test_05_policy_loss.py
-Solution:  loss.policy_loss and loss.aggregate.
+Questions for yourself (not graded; your instructor has the answers):
+  Q1. Why do refinement tokens get no ratio and no clip? What would the "old" probability of a
+      refinement token even be?
+  Q2. With one update per batch of samples (the default) the clip never fires. Why, and when
+      does it?
+  Q3. Why divide by a constant rather than by the number of real tokens (two reasons: one about
+      micro-batches, one about long and short answers)?
+
+Grade:  pytest exercises/test_07_policy_loss.py
 """
 from __future__ import annotations
 
 import torch
+
+from exercises.ex04_shaping import shaping  # noqa: F401  (yours, exercise 4)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,

@@ -1,7 +1,7 @@
-r"""Exercise 6 (implement): the refinement prompt (step 4), character for character.
+r"""Exercise 3 (implement): the refinement prompt (step 4), character for character.
 
-The policy refines an answer given its critique with this user message (the paper's, from
-../shared/ALGORITHM.md step 4; the system message is "You are a helpful assistant."):
+The policy refines an answer given its critique with this user message (the paper's, step 4 of
+docs/algorithm.md; the system message is "You are a helpful assistant."):
 
     Given the following inputs:
     **Question**: {question}
@@ -20,8 +20,14 @@ literal text: a backslash, "boxed", and the word "answer" in braces.) Fill in th
 exactly once each: text that itself looks like a field ("{critique}", "{x}") stays as it is.
 A changed word, space or line break changes the tokens the policy sees and what it was tuned on.
 
-Grade:     pytest exercises/test_06_refinement_prompt.py
-Solution:  critique.refinement_prompt and critique.REFINE_TEMPLATE.
+Questions for yourself (not graded; your instructor has the answers):
+  Q1. The refinement is later trained as an answer to the *bare* question, not to this prompt.
+      Which words of this prompt can leak into the refinement's text, and why does that matter
+      (exercise 9)?
+  Q2. A critique that itself contains "{question}": what must happen to it, and what would a
+      template that is filled field by field with str.replace do?
+
+Grade:  pytest exercises/test_03_refinement_prompt.py
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-r"""Exercise 3 (implement): which refinements of one question join its group (step 5, "select").
+r"""Exercise 5 (implement): which refinements of one question join its group (step 5, "select").
 
 Each question whose answers were critiqued has several refinements, with 0/1 rewards (a reward > 0
 counts as correct). k of them join the group. Three rules, named by --selection:
@@ -17,8 +17,13 @@ one rng across all groups and a run must repeat exactly:
 
 Returns a list of indices into `rewards`, of length min(k, len(rewards)).
 
-Grade:     pytest exercises/test_03_selection.py
-Solution:  critique.select_refinements.
+Questions for yourself (not graded; your instructor has the answers):
+  Q1. Why does the paper put correct refinements first, and what does the "random" ablation
+      measure?
+  Q2. The picks can be right while the number of random draws differs. Why does the grader
+      still fail that, and what would it break in a real run?
+
+Grade:  pytest exercises/test_05_selection.py
 """
 from __future__ import annotations
 

@@ -1,7 +1,0 @@
-"""Grades exercises/ex05_policy_loss.py:  pytest exercises/test_05_policy_loss.py"""
-from exercises import ex05_policy_loss as ex
-from exercises.graders import check_policy_loss as check
-
-
-def test_ex05_policy_loss():
-    check(ex.policy_loss, ex.aggregate)
