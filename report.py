@@ -27,6 +27,7 @@ import io
 import json
 import math
 import textwrap
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,18 @@ CURVES = [  # (metric key in metrics.jsonl, panel title)
     ("train/entropy_initial", "entropy of initial-answer tokens"), ("train/clip_frac", "clipped fraction"),
     ("kl", "KL to the base model (--log_kl)"), ("baseline/examples", "examples trained (baselines)"),
 ]
+
+
+# One colour per arm (ablate.py's names) in every figure and in the HTML report; an arm not listed
+# gets one of EXTRA by its name, the same one every time.
+PALETTE = {"cg_gt": "#1f77b4", "dr_grpo": "#ff7f0e", "cg_no_shaping": "#2ca02c",
+           "cg_indicative": "#9467bd", "expert": "#8c564b", "refine_ft": "#d62728",
+           "grpo": "#e377c2", "cg_cot": "#17becf", "sft": "#7f7f7f", "raft": "#bcbd22"}
+EXTRA = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354"]
+
+
+def arm_color(arm: str) -> str:
+    return PALETTE.get(arm) or EXTRA[zlib.crc32(arm.encode()) % len(EXTRA)]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -267,8 +280,8 @@ def curves_figure(arms: dict):
                              squeeze=False)
     for ax, (key, title) in zip(axes.flat, present):
         sparse = key.startswith("eval/")  # measured at a few steps only: markers, not a trajectory
-        for c, (arm, runs) in enumerate(arms.items()):
-            color = f"C{c}"
+        for arm, runs in arms.items():
+            color = arm_color(arm)
             series = seed_series(runs, key)
             for pts in series:
                 if sparse:
@@ -321,19 +334,18 @@ def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
     if missing:
         raise SystemExit(f"error: --story needs the arms {', '.join(missing)}; the grids hold "
                          f"{', '.join(arms)} (--story_arms CG,REF,NO_SHAPING)")
-    colors = {cg: "C1", ref: "C0", no_shaping: "C2"}
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
     for ax, (key, title, roles) in zip(axes, STORY):
         for role in roles:
             arm = names[role]
             series = seed_series(arms[arm], key)
             for pts in series:
-                ax.plot(list(pts), list(pts.values()), color=colors[arm], lw=0.6, alpha=0.3)
+                ax.plot(list(pts), list(pts.values()), color=arm_color(arm), lw=0.6, alpha=0.3)
             seeds = f"{len(series)} seed{'s' if len(series) != 1 else ''}"
-            ax.plot(*mean_curve(series), color=colors[arm], lw=2.2, label=f"{arm} ({seeds})")
+            ax.plot(*mean_curve(series), color=arm_color(arm), lw=2.2, label=f"{arm} ({seeds})")
             if key == "train/zero_adv_frac_after" and role == "cg":  # what GRPO alone would have had
                 ax.plot(*mean_curve(seed_series(arms[arm], "train/zero_adv_frac_before")),
-                        color=colors[arm], lw=1.4, ls="--", label=f"{arm}, before mixing")
+                        color=arm_color(arm), lw=1.4, ls="--", label=f"{arm}, before mixing")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
@@ -462,17 +474,19 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
         26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042}
 
-HEADLINE_ARMS = ("critique_grpo", "grpo")  # the JSON's arm keys: the default run, the reference
+HEADLINE_ARMS = ("cg_gt", "dr_grpo")  # the default run, the GRPO reference (ablate.py's names)
 HEADLINE_SETS = ("test", "test_rephrased")
 
-# The paper's own result (Qwen2.5-7B-Base, average pass@1 over 8 benchmarks; ALGORITHM.md,
-# "Headline numbers"), printed beside ours for scale.
-PAPER = {"grpo": 41.18, "cg_gt": 45.30, "cg_cot": 47.08}
-PAPER_LINE = (f"For scale, the paper (Qwen2.5-7B-Base, average pass@1 over 8 benchmarks): "
-              f"GRPO {PAPER['grpo']:.2f}, Critique-GRPO with CoT critiques {PAPER['cg_cot']:.2f} "
-              f"({PAPER['cg_cot'] - PAPER['grpo']:+.2f}); with indicative + ground-truth "
-              f"critiques, our default's kind, {PAPER['cg_gt']:.2f} "
-              f"({PAPER['cg_gt'] - PAPER['grpo']:+.2f}).")
+def paper_line(data: dict) -> str:
+    """The paper's own numbers (docs/results_seeds.json "paper"), for scale, and which of its rows
+    our reference corresponds to."""
+    p = data["paper"]
+    return (f"For scale, {p['source']}: GRPO {p['grpo']:.2f}, Dr.GRPO {p['dr_grpo']:.2f} (our "
+            f"reference `dr_grpo` is Dr.GRPO's recipe: A = r - mean, no std, a constant "
+            f"normaliser), Critique-GRPO with indicative + ground-truth critiques (our default's "
+            f"kind) {p['cg_gt']:.2f} ({p['cg_gt'] - p['dr_grpo']:+.2f} over Dr.GRPO), with CoT "
+            f"critiques {p['cg_cot']:.2f}.")
+
 
 SEEDS_ONLY = ("Why over seeds only: the paired bootstrap of `report.py`'s grid tables "
               "resamples seeds and questions together, and while the 150 questions are resampled "
@@ -522,15 +536,15 @@ def headline_rows(data: dict) -> list[dict]:
     rows = []
     for st in data["settings"]:
         runs = {arm: {r["seed"]: r for r in st["runs"][arm]} for arm in HEADLINE_ARMS}
-        paired = sorted(set(runs["critique_grpo"]) & set(runs["grpo"]))
+        paired = sorted(set(runs["cg_gt"]) & set(runs["dr_grpo"]))
         unpaired = [(arm, k) for arm in HEADLINE_ARMS for k in sorted(runs[arm]) if k not in paired]
         for s in HEADLINE_SETS:
             n = data.get("questions", {}).get(s)
-            cg = [exact_pct(runs["critique_grpo"][k][s], n) for k in paired]
-            gr = [exact_pct(runs["grpo"][k][s], n) for k in paired]
+            cg = [exact_pct(runs["cg_gt"][k][s], n) for k in paired]
+            gr = [exact_pct(runs["dr_grpo"][k][s], n) for k in paired]
             diff, sd, lo, hi = t_interval(np.subtract(cg, gr))
             rows.append({"setting": st["name"], "set": s, "seeds": paired, "step0": st["step0"][s],
-                         "cg": float(np.mean(cg)), "grpo": float(np.mean(gr)), "diff": diff,
+                         "cg_gt": float(np.mean(cg)), "dr_grpo": float(np.mean(gr)), "diff": diff,
                          "sd": sd, "lo": lo, "hi": hi, "verdict": verdict(lo, hi),
                          "unpaired": [(arm, k, runs[arm][k][s]) for arm, k in unpaired]})
     return rows
@@ -540,31 +554,38 @@ def load_seeds(seeds_file) -> dict:
     return json.loads(Path(seeds_file).read_text())
 
 
-def headline(seeds_file) -> str:
-    """The headline table (Markdown): per setting and held-out set, both arms' final accuracy
-    (mean over the paired seeds) and their paired difference with a 95 % interval over seeds."""
-    data = load_seeds(seeds_file)
-    rows = headline_rows(data)
-    wrap = lambda text: textwrap.fill(text, 100, break_on_hyphens=False)
-    out = [wrap("Final held-out accuracy (%) after the default 10 steps, mean over seeds. Δ = "
-                "Critique-GRPO − GRPO, paired by seed, with a 95 % interval over seeds only "
-                "(Student t)."), "",
-           "| setting | set | seeds | step 0 | Critique-GRPO | GRPO | Δ [95 % CI] | verdict |",
-           "|---|---|---|---|---|---|---|---|"]
+def wrap(text: str) -> str:
+    return textwrap.fill(text, 100, break_on_hyphens=False)
+
+
+def headline_table_rows(rows: list[dict]) -> list[str]:
+    """The Markdown rows of headline_rows' rows, then a line per run left out for want of a pair:
+    | setting | set | seeds | step 0 | Critique-GRPO | GRPO | Δ [95 % CI] | verdict |."""
+    out, left = [], {}
     for i, r in enumerate(rows):
         name = r["setting"] if i == 0 or rows[i - 1]["setting"] != r["setting"] else ""
         ci = (f"{r['diff']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]" if not math.isnan(r["lo"])
               else f"{r['diff']:+.1f}")
-        out.append(f"| {name} | {r['set']} | {len(r['seeds'])} | {r['step0']:.1f} | {r['cg']:.1f} "
-                   f"| {r['grpo']:.1f} | {ci} | {r['verdict']} |")
-    names = dict(zip(HEADLINE_ARMS, ("Critique-GRPO", "GRPO")))
-    left = {}
-    for r in rows:
+        out.append(f"| {name} | {r['set']} | {len(r['seeds'])} | {r['step0']:.1f} | "
+                   f"{r['cg_gt']:.1f} | {r['dr_grpo']:.1f} | {ci} | {r['verdict']} |")
         for arm, k, v in r["unpaired"]:
             left.setdefault((r["setting"], arm, k), []).append(f"{v:.1f}")
+    names = dict(zip(HEADLINE_ARMS, ("Critique-GRPO", "GRPO")))
     for (setting, arm, k), v in left.items():
         out += ["", f"Left out, no pair: {setting} {names[arm]} seed {k} ({' / '.join(v)})."]
-    out += ["", wrap(PAPER_LINE), "", wrap(SEEDS_ONLY)]
+    return out
+
+
+def headline(seeds_file) -> str:
+    """The headline table (Markdown): per setting and held-out set, both arms' final accuracy
+    (mean over the paired seeds) and their paired difference with a 95 % interval over seeds."""
+    data = load_seeds(seeds_file)
+    out = [wrap("Final held-out accuracy (%) after the default 10 steps, mean over seeds. Δ = "
+                "Critique-GRPO − GRPO, paired by seed, with a 95 % interval over seeds only "
+                "(Student t)."), "",
+           "| setting | set | seeds | step 0 | Critique-GRPO | GRPO | Δ [95 % CI] | verdict |",
+           "|---|---|---|---|---|---|---|---|", *headline_table_rows(headline_rows(data))]
+    out += ["", wrap(paper_line(data)), "", wrap(SEEDS_ONLY)]
     return "\n".join(out)
 
 
@@ -579,8 +600,8 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
     from matplotlib.lines import Line2D
     data = load_seeds(seeds_file)
     rows = {(r["setting"], r["set"]): r for r in headline_rows(data)}
-    colors = {"critique_grpo": "C0", "grpo": "C1"}
-    settings = data["settings"]
+    # the current defaults lead, the old ones follow
+    settings = sorted(data["settings"], key=lambda st: st.get("defaults") != "current")
     dpi = 100
     fig, axes = plt.subplots(1, len(settings), figsize=(width_px / dpi, height_px / dpi), dpi=dpi,
                              sharey=True, squeeze=False)
@@ -596,20 +617,19 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
             ax.hlines(st["step0"][s], x0 - 0.45, x0 + 1.45, colors="0.35", linestyles="--", lw=1)
             for k in row["seeds"]:
                 ax.plot([x0 + jitter[k], x0 + 1 + jitter[k]],
-                        [runs["critique_grpo"][k][s], runs["grpo"][k][s]], color="0.8", lw=0.7,
+                        [runs["cg_gt"][k][s], runs["dr_grpo"][k][s]], color="0.8", lw=0.7,
                         zorder=1)
             for a, arm in enumerate(HEADLINE_ARMS):
                 for k, r in runs[arm].items():
                     x, y = x0 + a + jitter[k], r[s]
                     paired = k in row["seeds"]
-                    ax.plot(x, y, "o", ms=5, zorder=3, color=colors[arm],
-                            mfc=colors[arm] if paired else "white")
+                    ax.plot(x, y, "o", ms=5, zorder=3, color=arm_color(arm),
+                            mfc=arm_color(arm) if paired else "white")
                     if y < st["step0"][s]:
                         ax.plot(x, y, "o", ms=11, mfc="none", mec="red", mew=1.2, zorder=4)
                         ax.annotate(f"seed {k}: {y:.1f}", (x, y), xytext=(7, -3),
                                     textcoords="offset points", fontsize=7, color="red")
-                mean = row["cg"] if arm == "critique_grpo" else row["grpo"]
-                ax.hlines(mean, x0 + a - 0.3, x0 + a + 0.3, colors=colors[arm], lw=2.5, zorder=2)
+                ax.hlines(row[arm], x0 + a - 0.3, x0 + a + 0.3, colors=arm_color(arm), lw=2.5, zorder=2)
             ci = (f"Δ {row['diff']:+.1f}\n[{row['lo']:+.1f}, {row['hi']:+.1f}]"
                   if not math.isnan(row["lo"]) else f"Δ {row['diff']:+.1f}")
             sure = row["verdict"] in ("better", "worse")
@@ -617,7 +637,7 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
                     fontsize=7.5, color="black" if sure else "0.45",
                     fontweight="bold" if sure else "normal")
         n = len(rows[st["name"], HEADLINE_SETS[0]]["seeds"])
-        ax.set_title(f"{st['name']}, {n} seeds", fontsize=9)
+        ax.set_title(textwrap.fill(f"{st['name']}, {n} seeds", 26), fontsize=8.5)
         ax.set_xticks([0.5, 2.9], ["test", "rephrased"], fontsize=8)
         ax.set_xlim(-0.6, 4.0)
         ax.tick_params(axis="y", labelsize=8)
@@ -627,14 +647,16 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
             ax.spines[side].set_visible(False)
     axes[0][0].set_ylim(0, top + 19)
     axes[0][0].set_ylabel("final accuracy (%)", fontsize=8)
-    handles = [Line2D([], [], ls="none", marker="o", color="C0", label="Critique-GRPO"),
-               Line2D([], [], ls="none", marker="o", color="C1", label="GRPO"),
+    handles = [Line2D([], [], ls="none", marker="o", color=arm_color("cg_gt"),
+                      label="Critique-GRPO (cg_gt)"),
+               Line2D([], [], ls="none", marker="o", color=arm_color("dr_grpo"),
+                      label="GRPO reference (dr_grpo)"),
                Line2D([], [], color="0.3", lw=2.5, label="mean"),
                Line2D([], [], color="0.35", ls="--", lw=1, label="step 0 (untrained)"),
                Line2D([], [], ls="none", marker="o", ms=9, mfc="none", mec="red",
                       label="ended below step 0")]
     if any(r["unpaired"] for r in rows.values()):
-        handles.append(Line2D([], [], ls="none", marker="o", color="C1", mfc="white",
+        handles.append(Line2D([], [], ls="none", marker="o", color=arm_color("dr_grpo"), mfc="white",
                               label="no pair, not in the mean"))
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.04),
                ncol=len(handles), fontsize=7.5, frameon=False, handletextpad=0.3,
@@ -677,7 +699,7 @@ def main(argv=None):
     if not args.grids:
         ap.error("give grid directories, or --headline SEEDS_JSON")
     arms = load_grid(args.grids)
-    ref = args.ref or next((a for a in ("grpo", "dr_grpo") if a in arms), next(iter(arms)))
+    ref = args.ref or next((a for a in ("dr_grpo", "grpo") if a in arms), next(iter(arms)))
     if ref not in arms:
         raise SystemExit(f"error: --ref {ref} is not an arm of the grid ({', '.join(arms)})")
     out = Path(args.out or Path(args.grids[0]) / "report")

@@ -63,7 +63,7 @@ class Recorder:
     def wrapping(self):
         """Install the wrappers; put the real functions back afterwards, whatever happens."""
         targets = [(train, "batch_for_step"), (rollout, "generate"), (critique, "mix_groups"),
-                   (loss, "group_advantages"), (train, "update"), (rollout, "micro_batches"),
+                   (loss, "group_advantages"), (train, "update"), (batching, "micro_batches"),
                    (train, "micro_batch_loss")]
         real = {name: getattr(module, name) for module, name in targets}
         rec = self

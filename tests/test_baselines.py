@@ -23,7 +23,7 @@ def test_supervised_targets_pick_exactly_what_each_baseline_trains(tok):
     rewards = [0.0, 1.0, 0.0, 0.0]
     to_refine = [0, 2, 3]                             # refined: a wrong one of q0, both wrong ones of q1
     refinements, refine_rewards = [[7], [8], [9]], [1.0, 0.0, 1.0]
-    kw = dict(tok=tok, rows=rows, prompt_ids=prompts, n=2, responses=responses, rewards=rewards,
+    kw = dict(tok=tok, rows=rows, prompt_ids=prompts, n_sampled=2, responses=responses, rewards=rewards,
               to_refine=to_refine, refinements=refinements, refine_rewards=refine_rewards, R=8, critique_R=8)
     crits = ["... Conclusion: wrong", "looks fine", "Conclusion: wrong."]
     ids = lambda text, R=8: rollout.policy_tokens(tok, text, R)

@@ -10,6 +10,7 @@ line; any other must lie inside the function. Functions without line numbers:
     [`critique.py` `mix_groups`](../critique.py)
 """
 import ast
+import json
 import math
 import re
 from collections import Counter
@@ -19,11 +20,13 @@ import pytest
 import torch
 
 import loss as L
+from support import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 ALGORITHM = ROOT / "docs" / "algorithm.md"
 GLOSSARY = ROOT / "docs" / "glossary.md"
+DEVIATIONS = ROOT / "docs" / "deviations.md"
 
 CITE = re.compile(r"\[`(?P<file>[\w/.]+\.py)` L(?P<a>\d+)(?:–L(?P<b>\d+))? `(?P<name>\w+)`\]"
                   r"\(\.\./(?P<target>[\w/.]+\.py)#L(?P<ta>\d+)(?:-L(?P<tb>\d+))?\)")
@@ -140,18 +143,82 @@ def test_step_headers_named_in_docs_exist(page):
         assert header in code, f"{page.name} names {header!r}, which no top-level .py file has"
 
 
-@pytest.mark.parametrize("page", [ROOT / "README.md", ROOT / "exercises" / "README.md", *DOCS],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_relative_links_and_images_exist(page):
-    missing = []
-    for m in LINK.finditer(without_code_blocks(page.read_text())):
+def markdown_of(path: Path) -> str:
+    """The Markdown a reader sees in a file: a page; a notebook's markdown cells; the docstrings of
+    a Python file (module, classes, functions)."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    if path.suffix == ".py":
+        tree = ast.parse(path.read_text())
+        nodes = [tree] + [n for n in ast.walk(tree)
+                          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        return "\n\n".join(d for d in map(ast.get_docstring, nodes) if d)
+    return path.read_text()
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: its text without Markdown, lowercased, every character but
+    letters, digits, '-', '_' and spaces dropped, each space a '-'."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    text = re.sub(r"<[^>]+>", "", text).replace("`", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors a file's headings (and explicit <a name/id>) give, duplicates numbered -1, -2."""
+    text = without_code_blocks(markdown_of(path))
+    seen, out = Counter(), set()
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.M):
+        s = slug(m[1])
+        out.add(s if not seen[s] else f"{s}-{seen[s]}")
+        seen[s] += 1
+    out |= set(re.findall(r"<a\s+(?:name|id)=\"([^\"]+)\"", text))
+    return out
+
+
+def link_errors(path: Path, root: Path = ROOT) -> list[str]:
+    """Every relative link or image of a file that leaves the repository, names a missing path, or
+    names an anchor (#section) that no heading of its target gives."""
+    errors = []
+    for m in LINK.finditer(without_code_blocks(markdown_of(path))):
         target = m.group(1) or m.group(2)
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # http(s), mailto, an anchor in the same page
-        path = target.split("#")[0].split("?")[0]
-        if not (page.parent / path).exists():
-            missing.append(target)
-    assert missing == [], f"{page.name} links to missing paths"
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto
+        where, _, anchor = target.partition("#")
+        where = where.split("?")[0]
+        file = (path.parent / where).resolve() if where else path
+        if root.resolve() not in file.parents:
+            errors.append(f"{target}: outside the repository (a clone does not have it)")
+        elif not file.exists():
+            errors.append(f"{target}: no such path")
+        elif anchor and file.suffix in (".md", ".ipynb") and anchor not in anchors(file):
+            errors.append(f"{target}: {file.name} has no heading with the anchor #{anchor}")
+    return errors
+
+
+LINKED = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *DOCS,
+          *sorted((ROOT / "docs").glob("*.ipynb")), *sorted((ROOT / "exercises").glob("*.md")),
+          *sorted((ROOT / "exercises").glob("*.py"))]
+
+
+@pytest.mark.parametrize("page", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_and_anchors_resolve_inside_the_repository(page):
+    assert link_errors(page) == [], f"{page.relative_to(ROOT)}: broken links"
+
+
+def test_the_link_checker_catches_what_it_should(tmp_path):
+    assert slug("1–2. Sample, then verify") == "12-sample-then-verify"
+    assert slug("The `loss` and [Obj](x.md): A_i!") == "the-loss-and-obj-a_i"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "b.md").write_text("# Title\n## Same\n## Same\n```\n# not a heading\n```\n")
+    page = tmp_path / "docs" / "a.md"
+    page.write_text("[ok](b.md#title) [ok](b.md#same-1) [self](#top) [web](https://x.org/#y)\n"
+                    "[bad](b.md#not-a-heading) [gone](c.md) [out](../../shared/ALGORITHM.md)\n"
+                    "# Top\n")
+    errors = link_errors(page, root=tmp_path)
+    assert [e.split(":")[0] for e in errors] == ["b.md#not-a-heading", "c.md",
+                                                  "../../shared/ALGORITHM.md"], errors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,10 +284,10 @@ def test_advantage_table_is_computed_by_group_advantages():
 
 def test_every_number_on_the_algorithm_page_is_a_computed_cell():
     text = ALGORITHM.read_text()
-    cells = set()
-    for name in ("shaping", "advantages", "defaults"):
-        cells |= {c.strip("`").replace("−", "-").lstrip("-") for row in computed_table(text, name)
-                  for c in row}
+    tables = [computed_table(text, "shaping"), computed_table(text, "advantages"),
+              computed_table(DEVIATIONS.read_text(), "defaults")]
+    cells = {c.strip("`").replace("−", "-").lstrip("-") for rows in tables for row in rows
+             for c in row}
     prose = re.sub(r"<!-- computed: \w+ -->.*?<!-- /computed -->", "", text, flags=re.S)
     prose = re.sub(r"arXiv \d{4}\.\d{4,5}|https?://[^)\s]+", "", prose)  # the paper's id, URLs
     readme = (ROOT / "README.md").read_text()
@@ -260,7 +327,7 @@ def test_claims_of_the_algorithm_page_hold():
 def test_defaults_table_matches_the_config():
     import train
     cfg = train.Config()
-    rows = computed_table(ALGORITHM.read_text(), "defaults")
+    rows = computed_table(DEVIATIONS.read_text(), "defaults")
     assert len(rows) >= 10
     for flag, default, *_ in rows:
         field = flag.strip("`").removeprefix("--")
@@ -290,7 +357,7 @@ def test_every_metric_of_step_metrics_is_in_the_glossary():
     for baseline in ("none", "sft"):
         cfg = dataclasses.replace(train.Config(), baseline=baseline)
         for compute_kl in (False, True):
-            keys |= set(train.step_metrics(tot, sums, cfg, compute_kl))
+            keys |= set(recording.step_metrics(tot, sums, cfg, compute_kl))
     keys |= {"step", "eval/accuracy", "eval/<set>/accuracy", "time/eval"}
     assert {"train/reward", "train/zero_adv_frac_after", "baseline/examples", "time/update"} <= keys
     missing = sorted(k for k in keys if f"`{k}`" not in glossary)
@@ -299,7 +366,7 @@ def test_every_metric_of_step_metrics_is_in_the_glossary():
 
 def test_every_field_of_the_console_line_is_in_the_glossary():
     glossary = GLOSSARY.read_text()
-    code = "\n".join(sources_of_repo().values())
+    code = (ROOT / "support" / "recording.py").read_text()  # where the console line is written
     fields = set(re.findall(r"(\w+) \{m\['", code))  # the console line: "gnorm {m['grad_norm']"
     assert {"reward", "refine", "fix", "zero_adv", "loss", "gnorm", "ent", "len"} <= fields
     for field in fields:

@@ -1,11 +1,12 @@
-"""docs/one_step.md (written by docs/trace_step.py) and docs/flow.md stay true to the code.
+"""docs/one_step.md (written by docs/trace_step.py) and the diagram of docs/algorithm.md stay true
+to the code.
 
 The trace page's numbers are checked against the real functions: advantages are
 loss.group_advantages of the listed rewards, f(p) = p/(p+gamma) and its gradient weight, the
 per-token gradient -A f'(p)/D, the mixed group's size and its one off-policy sequence, the loss
 terms against metrics.jsonl. The same checks run on a page made now from the tiny random model
 (every section present) and on the committed page (made once with the embedded model).
-docs/flow.md's mermaid diagram names every stage in order, and the README's copy is the same.
+docs/algorithm.md's mermaid diagram names every stage in order, and the README's copy is the same.
 """
 import importlib.util
 import math
@@ -21,7 +22,7 @@ import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "one_step.md"
-FLOW = ROOT / "docs" / "flow.md"
+FLOW = ROOT / "docs" / "algorithm.md"  # its one mermaid diagram, the data flow of a step
 
 SECTIONS = ["# One real step of Critique-GRPO, traced", "## 1. The question",
             "## 1–2. Sample, then verify", "## 3. Critique", "## 4. Refine",
@@ -204,7 +205,7 @@ def test_committed_trace_page_is_consistent():
 
 
 # ---------------------------------------------------------------------------------------------
-# docs/flow.md
+# docs/algorithm.md's diagram
 # ---------------------------------------------------------------------------------------------
 STAGES = ["question", "sampled answers", "verifier", "critique", "refinement prompt",
           "refinement, verified", "refinement re-attached to the BARE question",
@@ -216,7 +217,7 @@ EDGE = re.compile(r'\s*-->\s*(?:\|"[^"]*"\|\s*)?')
 def mermaid_graph(text: str) -> tuple[dict[str, str], dict[str, set[str]]]:
     """Node labels and edges of the page's one mermaid flowchart."""
     blocks = re.findall(r"^```mermaid\n(.*?)^```", text, flags=re.S | re.M)
-    assert len(blocks) == 1, "docs/flow.md holds one mermaid block"
+    assert len(blocks) == 1, "docs/algorithm.md holds one mermaid block"
     lines = blocks[0].strip().splitlines()
     assert lines[0].startswith("flowchart") and len(lines) <= 20, "short enough for the README"
     labels, edges = {}, {}
@@ -238,7 +239,7 @@ def test_flow_diagram_names_every_stage_in_order():
     node = {}
     for stage in STAGES:
         found = [n for n, label in labels.items() if label.startswith(stage)]
-        assert len(found) == 1, f"one box of docs/flow.md starts with {stage!r}"
+        assert len(found) == 1, f"one box of the diagram starts with {stage!r}"
         node[stage] = found[0]
     node["on-policy tokens"] = next(n for n, lb in labels.items() if lb.startswith("on-policy"))
     assert "−A · ratio" in labels[node["on-policy tokens"]]
@@ -261,8 +262,8 @@ def test_flow_diagram_names_every_stage_in_order():
         "the refinement reaches the loss without being re-attached to the bare question"
 
 
-def test_readme_diagram_is_the_one_in_flow_md():
-    """The README shows docs/flow.md's diagram: a copy there must not drift from the checked one."""
+def test_readme_diagram_is_the_one_in_algorithm_md():
+    """The README shows docs/algorithm.md's diagram: a copy must not drift from the checked one."""
     readme = re.findall(r"^```mermaid\n(.*?)^```", (ROOT / "README.md").read_text(),
                         flags=re.S | re.M)
     flow = re.findall(r"^```mermaid\n(.*?)^```", FLOW.read_text(), flags=re.S | re.M)

@@ -104,11 +104,11 @@ def test_every_number_is_the_one_in_the_cited_log_section(setting):
 
 def test_a_transcription_error_would_fail():
     setting = json.loads(json.dumps(DATA["settings"][1]))
-    setting["runs"]["critique_grpo"][4]["test_rephrased"] = 14.0  # seed 4 was 11.0
+    setting["runs"]["cg_gt"][4]["test_rephrased"] = 14.0  # seed 4 was 11.0
     with pytest.raises(AssertionError):
         test_every_number_is_the_one_in_the_cited_log_section(setting)
     setting = json.loads(json.dumps(DATA["settings"][2]))
-    r = setting["runs"]["grpo"]
+    r = setting["runs"]["dr_grpo"]
     r[0]["test"], r[1]["test"] = r[1]["test"], r[0]["test"]  # two seeds swapped
     with pytest.raises(AssertionError):
         test_every_number_is_the_one_in_the_cited_log_section(setting)
@@ -151,8 +151,8 @@ def test_headline_table_holds_exactly_the_computed_numbers():
         # (each logged percentage as the exact share of questions it rounds: 31.3 % of 150 = 47/150)
         n = DATA["questions"][s]
         share = lambda pct: Fraction(round(Fraction(str(pct)) * n / 100) * 100, n)
-        cg = {x["seed"]: share(x[s]) for x in st["runs"]["critique_grpo"]}
-        gr = {x["seed"]: share(x[s]) for x in st["runs"]["grpo"]}
+        cg = {x["seed"]: share(x[s]) for x in st["runs"]["cg_gt"]}
+        gr = {x["seed"]: share(x[s]) for x in st["runs"]["dr_grpo"]}
         assert all(abs(share(x[s]) - Fraction(str(x[s]))) <= Fraction(1, 20)
                    for arm in st["runs"].values() for x in arm)
         seeds = sorted(cg.keys() & gr.keys())
@@ -166,16 +166,17 @@ def test_headline_table_holds_exactly_the_computed_numbers():
                   "better" if mean - half > 0 else "worse" if mean + half < 0 else "not separable"]
         assert row == expect
         assert r["diff"] == pytest.approx(mean) and r["lo"] == pytest.approx(mean - half)
-    assert "Left out, no pair: H100 float32 GRPO seed 6 (23.3 / 14.0)." in md
-    assert report.PAPER_LINE.split(":")[0] in md and "41.18" in md and "47.08" in md
+    assert "Left out, no pair: H100 float32 (old defaults) GRPO seed 6 (23.3 / 14.0)." in md
+    assert report.paper_line(DATA) in md.replace("\n", " ") and "41.18" in md and "42.66" in md
     # the sentence README reuses quotes the bf16 `test` row: it must be this table's interval
     bf16 = computed[0]
     assert f"gives [{bf16['lo']:+.1f}, {bf16['hi']:+.1f}]" in report.SEEDS_ONLY
-    # if the README carries the headline table, it is this one
+    # the README's headline holds the current-default settings' rows of this table
     readme = (ROOT / "README.md").read_text()
-    if "| setting | set | seeds |" in readme:
-        table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
-        assert table in readme, "README's headline table differs: python report.py --headline ..."
+    current = report.headline_table_rows(report.headline_rows(dict(DATA, settings=[
+        s for s in DATA["settings"] if s.get("defaults") == "current"])))
+    rows = [line for line in current if line.startswith("|")]
+    assert rows and all(line in readme and line.split("|", 3)[3] in md for line in rows)
 
 
 def test_headline_cli_and_plot(tmp_path, capsys):
@@ -199,10 +200,10 @@ def test_exact_pct():
 
 def test_headline_rows_leave_unpaired_seeds_out_of_the_means():
     data = {"settings": [{"name": "x", "step0": {"test": 10.0, "test_rephrased": 5.0}, "runs": {
-        "critique_grpo": [{"seed": 0, "test": 30.0, "test_rephrased": 20.0}],
-        "grpo": [{"seed": 0, "test": 20.0, "test_rephrased": 20.0},
+        "cg_gt": [{"seed": 0, "test": 30.0, "test_rephrased": 20.0}],
+        "dr_grpo": [{"seed": 0, "test": 20.0, "test_rephrased": 20.0},
                  {"seed": 1, "test": 90.0, "test_rephrased": 90.0}]}}]}
     test, reph = report.headline_rows(data)
-    assert test["seeds"] == [0] and test["grpo"] == 20.0 and test["diff"] == 10.0
-    assert test["verdict"] == "one seed: no interval" and test["unpaired"] == [("grpo", 1, 90.0)]
+    assert test["seeds"] == [0] and test["dr_grpo"] == 20.0 and test["diff"] == 10.0
+    assert test["verdict"] == "one seed: no interval" and test["unpaired"] == [("dr_grpo", 1, 90.0)]
     assert np.isnan(reph["lo"])

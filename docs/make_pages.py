@@ -1,0 +1,311 @@
+"""Every number about a run that a page shows, from the one results file.
+
+    python docs/make_pages.py           # rewrite the generated parts of the pages and the figures
+    python docs/make_pages.py --check   # exit 1, naming the page, where a page differs
+    python docs/make_pages.py --collect GRID   # a finished ablate.py grid, for the results file
+
+The results file, docs/results_seeds.json, holds each setting's per-seed accuracies (each number
+from its LOG.md section, checked by tests/test_report_headline.py), walls, test counts and the
+paper's numbers, each with its machine, dtype, date and command. A page carries generated text
+between `<!-- gen:NAME -->` and `<!-- /gen:NAME -->` (a block) or between `<!-- n:KEY -->` and
+`<!-- /n -->` (one value inside a sentence); what lies outside is prose without run numbers
+(tests/test_pages.py looks for strays). Pages: README.md, docs/*.md, exercises/*.md and *.py, the
+notebook's markdown cells.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import report  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results_seeds.json"
+BLOCK = re.compile(r"(<!-- gen:(?P<name>[\w.]+) -->\n)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
+INLINE = re.compile(r"(<!-- n:(?P<key>[\w.]+) -->)(?P<value>.*?)(<!-- /n -->)")
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text())
+
+
+def current(data: dict) -> list[dict]:
+    return [s for s in data["settings"] if s.get("defaults") == "current"]
+
+
+def minutes(seconds: float) -> str:
+    """268 -> '4½ min': a wall as a reader says it (to the half minute)."""
+    halves = round(seconds / 30)
+    whole, half = divmod(halves, 2)
+    return f"{whole}{'½' if half else ''} min" if whole else "½ min"
+
+
+def span(values: list[float], unit: str = " s") -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.0f}{unit}" if lo == hi else f"{lo:.0f}–{hi:.0f}{unit}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inline values: KEY -> text
+# ---------------------------------------------------------------------------------------------
+def values(data: dict) -> dict[str, str]:
+    m = data["measurements"]
+    out = {}
+    for kind, r in m["default_run"].items():
+        out[f"run.{kind}.wall"] = f"{r['wall_s']:.0f} s"
+        out[f"run.{kind}.minutes"] = minutes(r["wall_s"])
+        out[f"run.{kind}.step0"] = f"{r['step0_s']:.0f} s"
+        out[f"run.{kind}.date"] = r["date"]
+    for st in current(data):
+        kind = "bf16" if "bf16" in st["name"] else "float32"
+        walls = [r["wall_s"] for r in st["runs"]["cg_gt"] if "wall_s" in r]
+        if walls:
+            out[f"seeds.{kind}.walls"] = span(walls)
+            out[f"seeds.{kind}.minutes"] = f"{minutes(min(walls))}–{minutes(max(walls))}"
+        out[f"seeds.{kind}.n"] = str(len(st["runs"]["cg_gt"]))
+        for s in report.HEADLINE_SETS:
+            out[f"seeds.{kind}.step0.{s}"] = f"{st['step0'][s]:.1f} %"
+    for name, t in m["tests"].items():
+        out[f"tests.{name}"] = (f"{t['passed']} passed" + (f", {t['skipped']} skipped"
+                                                           if t["skipped"] else ""))
+        out[f"tests.{name}.minutes"] = minutes(t["wall_s"])
+    p = data["paper"]
+    for k in ("grpo", "dr_grpo", "cg_gt", "cg_cot"):
+        out[f"paper.{k}"] = f"{p[k]:.2f}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks: NAME -> Markdown
+# ---------------------------------------------------------------------------------------------
+def headline_block(data: dict) -> str:
+    """The README's headline: the current defaults on each CPU kind, paired by seed."""
+    sub = dict(data, settings=current(data))
+    rows = report.headline_rows(sub)
+    lines = ["| setting | set | seeds | step 0 | Critique-GRPO (`cg_gt`) | GRPO (`dr_grpo`) | "
+             "Δ [95 % CI] | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines += report.headline_table_rows(rows)
+    gpu = "The GPU row waits for a GPU run at these defaults (the old-default H100 row is in " \
+          "[docs/results.md](docs/results.md#history-the-old-defaults))."
+    return "\n".join([*lines, "", report.wrap(report.paper_line(data)), "", report.wrap(gpu)])
+
+
+def default_run_block(data: dict) -> str:
+    r = data["measurements"]["default_run"]["bf16"]
+    return "```text\n" + "\n".join(r["output"]) + "\n```"
+
+
+BLOCKS = {"headline": headline_block, "default_run": default_run_block}
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/results.md, whole
+# ---------------------------------------------------------------------------------------------
+def seed_table(st: dict, arms: list[str]) -> list[str]:
+    """One row per arm and seed: before -> after on each set, the wall where measured."""
+    walls = any("wall_s" in r for a in arms for r in st["runs"].get(a, []))
+    head = "| arm | seed | `test` before → after | `test_rephrased` before → after |" + \
+        (" wall |" if walls else "")
+    out = [head, "|---|---|---|---|" + ("---|" if walls else "")]
+    for arm in arms:
+        for i, r in enumerate(sorted(st["runs"].get(arm, []), key=lambda r: r["seed"])):
+            cells = [f"`{arm}`" if i == 0 else "", str(r["seed"])]
+            for s in report.HEADLINE_SETS:
+                below = " (below step 0)" if r[s] < st["step0"][s] else ""
+                cells.append(f"{st['step0'][s]:.1f} → {r[s]:.1f}{below}")
+            if walls:
+                cells.append(f"{r['wall_s']:.0f} s" if "wall_s" in r else "–")
+            out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def setting_section(data: dict, st: dict, level: str = "###") -> list[str]:
+    arms = list(st["runs"])
+    out = [f"{level} {st['name']}", "",
+           report.wrap(f"{st['machine']}; {st['dtype']}; {st['date']}. Commands: " + "; ".join(
+               f"`{arm}` `{cmd}`" for arm, cmd in st["commands"].items()) +
+               f". Log: LOG.md, \"{st['log_section']}\"." + (f" {st['note']}." if st.get("note")
+                                                            else "")), ""]
+    out += seed_table(st, arms)
+    if st.get("walls"):
+        out += ["", report.wrap(f"Walls: {st['walls']}.")]
+    return out + [""]
+
+
+HEAD = ("| setting | set | seeds | step 0 | Critique-GRPO (`cg_gt`) | GRPO (`dr_grpo`) | "
+        "Δ [95 % CI] | verdict |\n|---|---|---|---|---|---|---|---|")
+
+
+def results_current(data: dict) -> str:
+    cur = current(data)
+    out = [HEAD, *report.headline_table_rows(report.headline_rows(dict(data, settings=cur))), "",
+           report.wrap(report.paper_line(data)), "", "![every seed's final accuracy](headline.png)",
+           ""]
+    for st in cur:
+        out += setting_section(data, st)
+    return "\n".join(out)
+
+
+def results_history(data: dict) -> str:
+    old = [s for s in data["settings"] if s.get("defaults") != "current"]
+    out = [HEAD, *report.headline_table_rows(report.headline_rows(dict(data, settings=old))), ""]
+    for st in old:
+        out += [report.wrap(f"**{st['name']}**: {st['machine']}; {st['dtype']}; {st['date']}; "
+                            f"LOG.md, \"{st['log_section']}\"."), ""]
+    return "\n".join(out)
+
+
+def walls(data: dict) -> str:
+    m = data["measurements"]
+    out = ["| what | machine | dtype | date | command | wall |", "|---|---|---|---|---|---|"]
+    for kind, r in m["default_run"].items():
+        out.append(f"| the default run, step 0 evaluated | {r['machine']} | {r['dtype']} | "
+                   f"{r['date']} | `{r['command']}` | {r['wall_s']:.0f} s (step 0: "
+                   f"{r['step0_s']:.1f} s; sample {r['sample_s']:.0f} s, refine "
+                   f"{r['refine_s']:.0f} s, update {r['update_s']:.0f} s, final evaluation "
+                   f"{r['final_eval_s']:.0f} s) |")
+    for name, t in m["tests"].items():
+        out.append(f"| the {name} test set: {t['passed']} passed"
+                   + (f", {t['skipped']} skipped" if t["skipped"] else "") +
+                   f" | {t['machine']} | – | {t['date']} | `{t['command']}` | {t['wall_s']:.0f} s |")
+    return "\n".join(out)
+
+
+BLOCKS.update(results_current=results_current, results_history=results_history, walls=walls)
+
+
+# ---------------------------------------------------------------------------------------------
+# Into the results file: a finished ablate.py grid, transcribed
+# ---------------------------------------------------------------------------------------------
+MECHANISM = {  # name: (metrics.jsonl key, weighted by): the means over a run's training steps
+    "zero_adv_before": ("train/zero_adv_frac_before", None),
+    "zero_adv_after": ("train/zero_adv_frac_after", None),
+    "refine_right": ("refine/reward", "refine/count"),
+    "entropy": ("train/entropy", None),
+    "offpolicy_p": ("offpolicy/p", None),
+    "offpolicy_f": ("offpolicy/f_p", None),
+    "clip_frac": ("train/clip_frac", None),
+}
+
+
+def collect(grid: Path) -> dict[str, list[dict]]:
+    """Every finished run of an ablate.py grid: {arm: [{seed, command, test, test_rephrased, step0,
+    wall_s, mechanism}]}, accuracies in % rounded as train.py logs them (4 decimals of a share), the
+    mechanism as the mean over training steps (refine_right weighted by refinements; a step with
+    nothing to average is left out)."""
+    out = {}
+    for done in sorted(grid.glob("*/seed*/DONE")):
+        run = done.parent
+        cfg = json.loads((run / "config.json").read_text())
+        # what ablate.py ran (ablate.run_command, less --output_dir and --overwrite)
+        g = json.loads((grid / "grid.json").read_text())
+        cmd = " ".join(["python train.py", g["common"], g["arms"][run.parent.name],
+                        f"--seed {cfg['seed']}"]).replace("  ", " ")
+        acc = {}
+        for step in (0, cfg["max_steps"]):
+            recs = [json.loads(x) for x in (run / f"eval-{step}.jsonl").read_text().splitlines()]
+            acc[step] = {s: round(100 * sum(r["correct"] for r in recs if r["set"] == s) /
+                                  sum(r["set"] == s for r in recs), 1)
+                         for s in report.HEADLINE_SETS}
+        steps = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                 if "loss" in m]
+        mech = {}
+        for name, (key, weight) in MECHANISM.items():
+            pts = [(m[key], m[weight] if weight else 1) for m in steps
+                   if key in m and not math.isnan(m[key]) and (not weight or m[weight])]
+            if pts:
+                mech[name] = round(sum(v * w for v, w in pts) / sum(w for _, w in pts), 4)
+        out.setdefault(run.parent.name, []).append({
+            "seed": cfg["seed"], "command": cmd, **acc[cfg["max_steps"]], "step0": acc[0],
+            "wall_s": round(json.loads(done.read_text())["wall_s"]), "mechanism": mech})
+    return out
+
+
+def log_rows(runs: dict[str, list[dict]]) -> str:
+    """The LOG.md table of a collected grid, one row per command (tests/test_report_headline.py
+    reads the accuracies back from it)."""
+    out = ["| command | `test` before → after | `test_rephrased` before → after | wall |",
+           "|---|---|---|---|"]
+    for arm, rs in runs.items():
+        for r in sorted(rs, key=lambda r: r["seed"]):
+            out.append(f"| `{r['command']}` | {r['step0']['test']:.1f} → {r['test']:.1f} | "
+                       f"{r['step0']['test_rephrased']:.1f} → {r['test_rephrased']:.1f} | "
+                       f"{r['wall_s']} s |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing and checking
+# ---------------------------------------------------------------------------------------------
+def pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+            *sorted((ROOT / "exercises").glob("*.md")), *sorted((ROOT / "exercises").glob("*.py")),
+            ROOT / "docs" / "critique_grpo.ipynb"]
+
+
+def fill(text: str, data: dict, vals: dict[str, str], where: str) -> str:
+    def block(m):
+        if m["name"] not in BLOCKS:
+            raise SystemExit(f"error: {where}: unknown generated block {m['name']!r}")
+        return m[1] + BLOCKS[m["name"]](data).rstrip("\n") + "\n" + m[4]
+
+    def inline(m):
+        if m["key"] not in vals:
+            raise SystemExit(f"error: {where}: unknown value {m['key']!r}")
+        return m[1] + vals[m["key"]] + m[4]
+    return INLINE.sub(inline, BLOCK.sub(block, text))
+
+
+def render(path: Path, data: dict, vals: dict[str, str]) -> str:
+    text = path.read_text()
+    if path.suffix == ".ipynb":
+        nb = json.loads(text)
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                src = fill("".join(cell["source"]), data, vals, str(path))
+                cell["source"] = src.splitlines(keepends=True)
+        return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    return fill(text, data, vals, str(path))
+
+
+def figures(data: dict) -> dict[Path, bytes]:
+    return {ROOT / "docs" / "headline.png": report.headline_png(RESULTS)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 where a page "
+                    "differs from what this script would write")
+    ap.add_argument("--collect", metavar="GRID", help="print a finished ablate.py grid's runs as "
+                    "the results file's JSON and as LOG.md rows, and change nothing")
+    args = ap.parse_args(argv)
+    if args.collect:
+        runs = collect(Path(args.collect))
+        print(json.dumps(runs, indent=1))
+        print(log_rows(runs))
+        return 0
+    data = load()
+    vals = values(data)
+    stale = []
+    for path in pages():
+        new = render(path, data, vals)
+        if new != path.read_text():
+            stale.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
+            if not args.check:
+                path.write_text(new)
+    if not args.check:
+        for path, png in figures(data).items():
+            path.write_bytes(png)
+    if stale:
+        print(("out of date: " if args.check else "wrote: ") + ", ".join(stale))
+        return 1 if args.check else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
