@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 from evaluate import grade, record
-from support import models
 from support.checker import AnswerChecker
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +117,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv=None):
     import rollout
+    from support import models
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=models.EMBEDDED_MODEL,

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 
-import rollout
-
 # ---------------------------------------------------------------------------------------------
 # Extraction
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +99,7 @@ def heldout_answers(model, tokenizer, rows: list[dict], checker, *, max_new_toke
     """Greedy pass@1 on rows (train.py's held-out evaluation): one record per row, its "correct"
     the verdict (accuracy = their mean). gen_kw: rollout.generate's batch_size / merge_lora /
     static_cache."""
+    import rollout  # here, not at the top: the checker's workers import this file without torch
     prompts = [rollout.question_ids(tokenizer, r["question"]) for r in rows]
     responses = rollout.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                  temperature=0, desc="eval", **gen_kw)

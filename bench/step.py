@@ -41,7 +41,6 @@ def peak_memory_gib() -> float:
 def save_model(name: str, dtype: str) -> str:
     """A local directory train.py can load: the embedded model, or a random-init shape."""
     import models
-    import rollout
     if name == "embedded":
         return loading.embedded_model_dir()
     out = Path(tempfile.gettempdir()) / "critique_grpo_bench" / f"{name}-hf"

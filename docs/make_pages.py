@@ -47,7 +47,7 @@ def minutes(seconds: float) -> str:
 
 def span(values: list[float], unit: str = " s") -> str:
     lo, hi = min(values), max(values)
-    return f"{lo:.0f}{unit}" if lo == hi else f"{lo:.0f}–{hi:.0f}{unit}"
+    return f"{lo:.0f}{unit}" if round(lo) == round(hi) else f"{lo:.0f}–{hi:.0f}{unit}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,11 +62,12 @@ def values(data: dict) -> dict[str, str]:
         out[f"run.{kind}.step0"] = f"{r['step0_s']:.0f} s"
         out[f"run.{kind}.date"] = r["date"]
     for st in current(data):
-        kind = "bf16" if "bf16" in st["name"] else "float32"
+        kind = st["kind"]  # bf16 / float32: one current setting per CPU kind
         walls = [r["wall_s"] for r in st["runs"]["cg_gt"] if "wall_s" in r]
         if walls:
             out[f"seeds.{kind}.walls"] = span(walls)
-            out[f"seeds.{kind}.minutes"] = f"{minutes(min(walls))}–{minutes(max(walls))}"
+            lo, hi = minutes(min(walls)), minutes(max(walls))
+            out[f"seeds.{kind}.minutes"] = lo if lo == hi else f"{lo[:-4]}–{hi}"
         out[f"seeds.{kind}.n"] = str(len(st["runs"]["cg_gt"]))
         for s in report.HEADLINE_SETS:
             out[f"seeds.{kind}.step0.{s}"] = f"{st['step0'][s]:.1f} %"
@@ -195,15 +196,14 @@ MECHANISM = {  # name: (metrics.jsonl key, weighted by): the means over a run's 
 
 def collect(grid: Path) -> dict[str, list[dict]]:
     """Every finished run of an ablate.py grid: {arm: [{seed, command, test, test_rephrased, step0,
-    wall_s, mechanism}]}, accuracies in % rounded as train.py logs them (4 decimals of a share), the
+    wall_s, mechanism}]}, accuracies in % to one decimal, as LOG.md writes them; the
     mechanism as the mean over training steps (refine_right weighted by refinements; a step with
     nothing to average is left out)."""
-    out = {}
+    out, g = {}, json.loads((grid / "grid.json").read_text())
     for done in sorted(grid.glob("*/seed*/DONE")):
         run = done.parent
         cfg = json.loads((run / "config.json").read_text())
         # what ablate.py ran (ablate.run_command, less --output_dir and --overwrite)
-        g = json.loads((grid / "grid.json").read_text())
         cmd = " ".join(["python train.py", g["common"], g["arms"][run.parent.name],
                         f"--seed {cfg['seed']}"]).replace("  ", " ")
         acc = {}
@@ -298,9 +298,10 @@ def main(argv=None) -> int:
             stale.append(str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
             if not args.check:
                 path.write_text(new)
-    if not args.check:
+    if not args.check:  # (a figure is drawn by matplotlib, byte for byte only by one version)
         for path, png in figures(data).items():
-            path.write_bytes(png)
+            if not path.exists() or path.read_bytes() != png:
+                path.write_bytes(png)
     if stale:
         print(("out of date: " if args.check else "wrote: ") + ", ".join(stale))
         return 1 if args.check else 0

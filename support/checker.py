@@ -78,9 +78,10 @@ class AnswerChecker:
 
     def _spawn(self, n: int = 1) -> list[list]:
         """Start n workers together and return them once each has said it is ready."""
-        # A fresh interpreter that imports this file and math-verify only (~60 MB). Not fork: a
-        # forked worker maps the trainer's pages (its RSS ~ the trainer's). Not multiprocessing's
-        # spawn or forkserver: their children re-run the main script (train.py: torch and all).
+        # A fresh interpreter that imports this file, evaluate.py and math-verify only (~60 MB, no
+        # torch: tests/test_layout.py). Not fork: a forked worker maps the trainer's pages (its RSS
+        # ~ the trainer's). Not multiprocessing's spawn or forkserver: their children re-run the
+        # main script (train.py: torch and all).
         started, here = [], os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         for _ in range(n):
             mine, theirs = socket.socketpair()

@@ -59,7 +59,8 @@ AT_LEAST_ONE = ("prompts_per_step", "n_init", "max_new_tokens", "max_context", "
 NOT_NEGATIVE = ("weight_decay", "temperature", "critic_temperature", "entropy_coef", "kl_coef",
                 "n_refine", "gen_batch_size", "eval_limit", "eval_every", "save_every", "samples_every")
 HINTS = {"gamma": " (gamma = 0 makes f == 1 and kills the gradient; --gamma none: no shaping)",
-         "temperature": " (0 = greedy)", "gen_batch_size": " (0 = by free memory)"}
+         "temperature": " (0 = greedy)", "critic_temperature": " (0 = greedy)",
+         "gen_batch_size": " (0 = by free memory)"}
 
 
 def validate(cfg, num_processes: int = 1):

@@ -20,7 +20,8 @@ from support.recording import write_jsonl
 
 # the code an evaluation runs: a change to any of it starts a new step-0 cache
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("rollout.py", "evaluate.py", "support/generation.py", "support/checker.py")
+CODE = ("rollout.py", "evaluate.py", "support/generation.py", "support/checker.py",
+        "support/models.py")
 
 
 def evaluate_when_due(cfg, procs, run, step: int):

@@ -147,9 +147,8 @@ def setup(cfg, procs: Processes, dtype: torch.dtype, why: str) -> Run:
         critic = HFCritic(policy, tok, **critic_kw, **gen_kw)
     elif cfg.critique_type == "cot" and cfg.critic_base_url:
         critic = APICritic(cfg.critic_base_url, cfg.critic_api_model,
-                                    api_key_env=cfg.critic_api_key_env,
-                                    max_tokens=cfg.critic_max_new_tokens,
-                                    temperature=cfg.critic_temperature, top_p=cfg.critic_top_p)
+                           api_key_env=cfg.critic_api_key_env, max_tokens=cfg.critic_max_new_tokens,
+                           temperature=cfg.critic_temperature, top_p=cfg.critic_top_p)
     elif cfg.critique_type == "cot":
         cm, ctok = models.load_model_and_tokenizer(cfg.critic_model, **model_kw)
         critic = HFCritic(cm.eval(), ctok, **critic_kw, **gen_kw)

@@ -85,3 +85,14 @@ def test_the_support_folder_holds_the_machinery_and_nothing_imports_it_back():
         if p.stem != "__init__":
             assert "train" not in imports(f"support.{p.stem}"), p.name
             assert f"\n    {p.stem} " in f"\n{doc}", f"support/{p.name} is missing from the map"
+
+
+def test_the_checker_workers_import_no_torch():
+    """A checker worker is a fresh interpreter running `from support import checker`: it must stay
+    small (~60 MB), so neither it nor evaluate.py imports torch at their top."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, %r); from support import checker; "
+            "print('torch' in sys.modules)" % str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
