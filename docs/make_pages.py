@@ -181,6 +181,126 @@ BLOCKS.update(results_current=results_current, results_history=results_history, 
 
 
 # ---------------------------------------------------------------------------------------------
+# Is the critique needed? (docs/critique_needed.md)
+# ---------------------------------------------------------------------------------------------
+QUESTION_ARMS = {  # what each arm puts into a group whose answers are all wrong
+    "dr_grpo": "nothing (GRPO)",
+    "cg_gt": "a refinement written after the critique \"incorrect, the ground truth is X\"",
+    "cg_indicative": "a refinement written after the critique \"incorrect\" (no ground truth)",
+    "expert": "the reference solution, no critique, no refinement (LUFFY-style)",
+    "cg_no_shaping": "as cg_gt, its tokens trained without the shaping f(p)",
+}
+MECH_COLUMNS = [("zero_adv_before", "groups without signal, before mixing"),
+                ("zero_adv_after", "after mixing"), ("refine_right", "refinements right"),
+                ("entropy", "entropy"), ("offpolicy_p", "p of off-policy tokens"),
+                ("offpolicy_f", "f(p)")]
+
+
+def question_runs(data: dict) -> tuple[dict, dict]:
+    """{arm: [runs]} for the question's arms: cg_gt and dr_grpo from the current bf16 headline
+    setting (the same commands), the others from the question's grid; and that grid."""
+    grid = next((g for g in data.get("grids", []) if g["name"] == "critique or answer"), None)
+    head = next(s for s in current(data) if s["kind"] == "bf16")
+    runs = {arm: head["runs"].get(arm, []) for arm in ("dr_grpo", "cg_gt")}
+    for arm, rs in (grid or {}).get("runs", {}).items():
+        runs.setdefault(arm, []).extend(r for r in rs if r["seed"] not in
+                                        {x["seed"] for x in runs.get(arm, [])})
+    return runs, grid
+
+
+def paired(a: list[dict], b: list[dict], s: str, n: int) -> str:
+    """Mean paired difference a - b on set s over the seeds both have, with its t interval."""
+    bb = {r["seed"]: r for r in b}
+    d = [report.exact_pct(r[s], n) - report.exact_pct(bb[r["seed"]][s], n) for r in a
+         if r["seed"] in bb]
+    if not d:
+        return "–"
+    mean, _, lo, hi = report.t_interval(d)
+    if math.isnan(lo):
+        return f"{mean:+.1f} (1 seed)"
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}] {report.verdict(lo, hi)}"
+
+
+def critique_table(data: dict) -> str:
+    runs, _ = question_runs(data)
+    q = data["questions"]
+    out = ["| arm | into an all-wrong group | seeds | `test` | `test_rephrased` | Δ `test` vs "
+           "`dr_grpo` | Δ `test_rephrased` vs `dr_grpo` |", "|---|---|---|---|---|---|---|"]
+    for arm in ("dr_grpo", "cg_gt", "cg_indicative", "expert"):
+        rs = runs.get(arm, [])
+        if not rs:
+            out.append(f"| `{arm}` | {QUESTION_ARMS[arm]} | 0 | not run yet | | | |")
+            continue
+        means = [sum(report.exact_pct(r[s], q[s]) for r in rs) / len(rs)
+                 for s in report.HEADLINE_SETS]
+        deltas = ["" if arm == "dr_grpo" else paired(rs, runs["dr_grpo"], s, q[s])
+                  for s in report.HEADLINE_SETS]
+        out.append(f"| `{arm}` | {QUESTION_ARMS[arm]} | {len(rs)} | {means[0]:.1f} | "
+                   f"{means[1]:.1f} | {deltas[0]} | {deltas[1]} |")
+    if runs.get("expert"):
+        out += ["", "The critique against the reference solution, paired by seed (`cg_gt` − "
+                "`expert`): `test` " + paired(runs["cg_gt"], runs["expert"], "test", q["test"]) +
+                "; `test_rephrased` " + paired(runs["cg_gt"], runs["expert"], "test_rephrased",
+                                               q["test_rephrased"]) + "."]
+    return "\n".join(out)
+
+
+def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expert")) -> str:
+    runs, _ = question_runs(data)
+    out = ["| arm | " + " | ".join(name for _, name in MECH_COLUMNS) + " |",
+           "|---|" + "---|" * len(MECH_COLUMNS)]
+    for arm in arms:
+        cells = []
+        for key, _ in MECH_COLUMNS:
+            v = [r["mechanism"][key] for r in runs.get(arm, []) if key in r.get("mechanism", {})]
+            cells.append(f"{sum(v) / len(v):.2f} ({len(v)})" if v else "–")
+        out.append(f"| `{arm}` | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def collapse_table(data: dict) -> str:
+    return mechanism_table(data, arms=("cg_gt", "cg_no_shaping"))
+
+
+def question_source(data: dict) -> str:
+    _, grid = question_runs(data)
+    head = next(s for s in current(data) if s["kind"] == "bf16")
+    lines = [report.wrap(f"- `cg_gt`, `dr_grpo`: the headline's runs ({head['machine']}; "
+                         f"{head['dtype']}; {head['date']}; LOG.md, \"{head['log_section']}\").")]
+    if grid:
+        cmds = "; ".join(f"`{a}` `{c}`" for a, c in grid["commands"].items())
+        lines.append(report.wrap(f"- The other arms: {grid['machine']}; {grid['dtype']}; "
+                                 f"{grid['date']}; {cmds}; LOG.md, \"{grid['log_section']}\"."
+                                 + (f" {grid['note']}." if grid.get("note") else "")))
+    return "\n".join(lines)
+
+
+def critique_verdict(data: dict) -> str:
+    """The answer in one sentence, from the same paired intervals as the table."""
+    runs, _ = question_runs(data)
+    q = data["questions"]
+    seeds = {arm: len(runs.get(arm, [])) for arm in ("cg_gt", "expert", "cg_indicative")}
+    if not seeds["expert"]:
+        return ("**Not answered yet:** the `expert` arm has no finished run in the results file, "
+                "so the critique cannot be told apart from a correct answer in the group.")
+    v = [paired(runs["cg_gt"], runs["expert"], s, q[s]).split("] ")[-1] for s in
+         report.HEADLINE_SETS]
+    sep = all(x in ("better", "worse") for x in v)
+    return report.wrap(
+        f"**The answer so far ({seeds['cg_gt']} seeds of `cg_gt`, {seeds['expert']} of `expert`, "
+        f"{seeds['cg_indicative']} of `cg_indicative`):** the critique-guided refinement against a "
+        f"correct reference solution in the same groups is {v[0]} on `test` and {v[1]} on "
+        f"`test_rephrased`; " + ("the two are separable." if sep else "on this model and task "
+                                "the seeds cannot tell a critique from a correct answer in the "
+                                "group."))
+
+
+BLOCKS.update(critique_table=critique_table, mechanism_table=mechanism_table,
+              critique_verdict=critique_verdict,
+              collapse_table=collapse_table, question_source=question_source)
+
+
+# ---------------------------------------------------------------------------------------------
 # Into the results file: a finished ablate.py grid, transcribed
 # ---------------------------------------------------------------------------------------------
 MECHANISM = {  # name: (metrics.jsonl key, weighted by): the means over a run's training steps
