@@ -349,13 +349,14 @@ def collect(grid: Path) -> dict[str, list[dict]]:
 def log_rows(runs: dict[str, list[dict]]) -> str:
     """The LOG.md table of a collected grid, one row per command (tests/test_report_headline.py
     reads the accuracies back from it)."""
-    out = ["| command | `test` before → after | `test_rephrased` before → after | wall |",
-           "|---|---|---|---|"]
+    out = ["| command | `test` before → after | `test_rephrased` before → after | wall | "
+           "mechanism (means over steps) |", "|---|---|---|---|---|"]
     for arm, rs in runs.items():
         for r in sorted(rs, key=lambda r: r["seed"]):
+            mech = ", ".join(f"{k} {v:.4f}" for k, v in r["mechanism"].items())
             out.append(f"| `{r['command']}` | {r['step0']['test']:.1f} → {r['test']:.1f} | "
                        f"{r['step0']['test_rephrased']:.1f} → {r['test_rephrased']:.1f} | "
-                       f"{r['wall_s']} s |")
+                       f"{r['wall_s']} s | {mech} |")
     return "\n".join(out)
 
 

@@ -100,6 +100,12 @@ def test_every_number_is_the_one_in_the_cited_log_section(setting):
                                    for s in report.HEADLINE_SETS]
     found = set(NUM.findall(section))
     assert all(f"{x:.1f}" in found for x in numbers)
+    # the mechanism numbers too (shares with two decimals, or four where collected from a grid)
+    shares = set(re.findall(r"\d+\.\d+", section))
+    for arm in runs.values():
+        for r in arm:
+            for key, x in r.get("mechanism", {}).items():
+                assert f"{x:.2f}" in shares or f"{x:.4f}" in shares, (r["seed"], key, x)
 
 
 def test_a_transcription_error_would_fail():
