@@ -25,10 +25,10 @@ def lora_merged(model):
     float32 bases: W' = W + s*B@A, one matmul per linear instead of W x + s*B(A x) (three more
     kernels per linear per decode step); the saved W is copied back on exit (merge-then-subtract
     would drift by a rounding each rollout). Costs a copy of the adapted weights while generating.
-    bf16/fp16 bases: no merge, their 8/11-bit mantissa cannot hold a short run's delta (~0.2 % of W
-    after the default run; the bf16 merge lost 62 % of it, LOG.md); instead the float32 adapter
-    runs in the base's dtype, where peft would cast every linear's input to float32 and back (1.7
-    of 4.2 s of a bf16 prefill of 64 held-out prompts); its float32 tensors come back on exit.
+    bf16/fp16 bases: no merge, their 8/11-bit mantissa cannot hold a short run's small delta (a
+    bf16 merge lost most of it, LOG.md); instead the float32 adapter runs in the base's dtype,
+    where peft would cast every linear's input to float32 and back (a large share of a bf16
+    prefill, BENCHMARKS.md); its float32 tensors come back on exit.
     A no-op without LoRA, for quantized (QLoRA) bases, and, in bf16, for adapters a ZeRO-3 or FSDP2
     engine splits (their tensors are the engine's)."""
     from peft.tuners.lora import Linear as LoraLinear
@@ -225,8 +225,8 @@ def sample(model, prompts: list[list[int]], *, eos: list[int], pad: int, max_new
 def _contiguous_head(model):
     """A prefill hands the LM head the prompts' last positions, a strided (B, 1, H) view of the
     hidden states; torch's matmul runs that as a bmm over B contiguous copies of the (H, vocab)
-    weight (57 MB each for the embedded model: 8.4 of 13.7 s profiled for 64 held-out prompts).
-    Made contiguous, it is one mm."""
+    weight (for the embedded model, most of a prefill's time in a profile: BENCHMARKS.md). Made
+    contiguous, it is one mm."""
     head = model.get_output_embeddings()
     hook = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
     try:

