@@ -589,7 +589,7 @@ def headline(seeds_file) -> str:
     return "\n".join(out)
 
 
-def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes:
+def headline_png(seeds_file, width_px: int | None = None, height_px: int = 420) -> bytes:
     """Per setting a panel, per held-out set a pair of columns (Critique-GRPO, GRPO): every seed a
     dot (spread sideways by seed), a grey line joining the two arms' runs of one seed, the mean
     over paired seeds a bar, the untrained model's accuracy a dashed line, a run that ended
@@ -603,6 +603,7 @@ def headline_png(seeds_file, width_px: int = 900, height_px: int = 400) -> bytes
     # the current defaults lead, the old ones follow
     settings = sorted(data["settings"], key=lambda st: st.get("defaults") != "current")
     dpi = 100
+    width_px = width_px or max(900, 240 * len(settings))  # room for each panel's interval labels
     fig, axes = plt.subplots(1, len(settings), figsize=(width_px / dpi, height_px / dpi), dpi=dpi,
                              sharey=True, squeeze=False)
     top = max(r[s] for st in settings for arm in HEADLINE_ARMS for r in st["runs"][arm]

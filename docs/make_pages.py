@@ -245,8 +245,9 @@ def critique_table(data: dict) -> str:
     return "\n".join(out)
 
 
-def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expert")) -> str:
-    runs, _ = question_runs(data)
+def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expert"),
+                    runs: dict | None = None) -> str:
+    runs = runs if runs is not None else question_runs(data)[0]
     out = ["| arm | " + " | ".join(name for _, name in MECH_COLUMNS) + " |",
            "|---|" + "---|" * len(MECH_COLUMNS)]
     for arm in arms:
@@ -259,7 +260,19 @@ def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expe
 
 
 def collapse_table(data: dict) -> str:
-    return mechanism_table(data, arms=("cg_gt", "cg_no_shaping"))
+    """Shaping on (cg_gt) and off (cg_no_shaping), from the one grid that ran both, so that every
+    mechanism column is measured under the same conditions; with held-out accuracy."""
+    grid = next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
+    if grid is None:
+        return "`cg_no_shaping` has no finished run in the results file yet."
+    runs = {arm: grid["runs"].get(arm, []) for arm in ("cg_gt", "cg_no_shaping")}
+    acc = ["", "| arm | seeds | `test` | `test_rephrased` |", "|---|---|---|---|"]
+    for arm, rs in runs.items():
+        acc.append(f"| `{arm}` | {', '.join(str(r['seed']) for r in rs)} | "
+                   + " | ".join(f"{sum(r[s] for r in rs) / len(rs):.1f}" if rs else "–"
+                                for s in report.HEADLINE_SETS) + " |")
+    return mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) + \
+        f"\n\nFrom the grid \"{grid['name']}\" ({grid['machine']}; {grid['date']})."
 
 
 def question_source(data: dict) -> str:

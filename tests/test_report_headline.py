@@ -57,7 +57,8 @@ def before_after(cell: str) -> tuple[float, float]:
     return before, after
 
 
-@pytest.mark.parametrize("setting", DATA["settings"], ids=[s["name"] for s in DATA["settings"]])
+@pytest.mark.parametrize("setting", DATA["settings"] + DATA.get("grids", []),
+                         ids=[s["name"] for s in DATA["settings"] + DATA.get("grids", [])])
 def test_every_number_is_the_one_in_the_cited_log_section(setting):
     section = log_section(setting["log_section"])
     assert setting["date"] in section
@@ -192,7 +193,7 @@ def test_headline_cli_and_plot(tmp_path, capsys):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 80_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (900, 400)
+    assert (width, height) == (max(900, 240 * len(DATA["settings"])), 420)
     with pytest.raises(SystemExit):
         report.main(["--plot", str(png)])  # --plot without --headline
 
