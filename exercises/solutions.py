@@ -102,7 +102,7 @@ def solution_08(logits: torch.Tensor, high: int, low: int, rare: int,
 
 
 def solution_09(run_dir: str, reference_dir: str) -> dict:
-    """Exercise 9, read from the two runs' files. The phrase: the word 4-gram in the most
+    """Exercise 9, read from the two runs' files. The phrase: the run of 3 or 4 words in the most
     refine_ft final answers among those in under a tenth of Critique-GRPO's."""
     from exercises import graders as G
     run, ref = G.read_run(run_dir), G.read_run(reference_dir)
