@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import report  # noqa: E402
+from ablate import PRESETS  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results_seeds.json"
 BLOCK = re.compile(r"(<!-- gen:(?P<name>[\w.]+) -->\n)(?P<body>.*?)(<!-- /gen:(?P=name) -->)", re.S)
@@ -177,7 +178,16 @@ def walls(data: dict) -> str:
     return "\n".join(out)
 
 
-BLOCKS.update(results_current=results_current, results_history=results_history, walls=walls)
+def results_grids(data: dict) -> str:
+    """Every run of the other arms at the current defaults (docs/critique_needed.md reads them)."""
+    out = []
+    for g in data.get("grids", []):
+        out += setting_section(data, g)
+    return "\n".join(out) if out else "None in the results file yet."
+
+
+BLOCKS.update(results_current=results_current, results_history=results_history, walls=walls,
+              results_grids=results_grids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +347,9 @@ def collect(grid: Path) -> dict[str, list[dict]]:
         run = done.parent
         cfg = json.loads((run / "config.json").read_text())
         # what ablate.py ran (ablate.run_command, less --output_dir and --overwrite)
-        cmd = " ".join(["python train.py", g["common"], g["arms"][run.parent.name],
+        # (grid.json holds the last ablate.py call's arms; an earlier call's are presets)
+        flags = g["arms"].get(run.parent.name) or PRESETS[run.parent.name]
+        cmd = " ".join(["python train.py", g["common"], flags,
                         f"--seed {cfg['seed']}"]).replace("  ", " ")
         acc = {}
         for step in (0, cfg["max_steps"]):
