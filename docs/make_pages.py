@@ -76,6 +76,9 @@ def values(data: dict) -> dict[str, str]:
         out[f"tests.{name}"] = (f"{t['passed']} passed" + (f", {t['skipped']} skipped"
                                                            if t["skipped"] else ""))
         out[f"tests.{name}.minutes"] = minutes(t["wall_s"])
+        out[f"tests.{name}.condition"] = t["condition"]
+    if "notebook" in m:
+        out["notebook.minutes"] = minutes(m["notebook"]["wall_s"])
     p = data["paper"]
     for k in ("grpo", "dr_grpo", "cg_gt", "cg_cot"):
         out[f"paper.{k}"] = f"{p[k]:.2f}"
@@ -171,10 +174,15 @@ def walls(data: dict) -> str:
                    f"{r['step0_s']:.1f} s; sample {r['sample_s']:.0f} s, refine "
                    f"{r['refine_s']:.0f} s, update {r['update_s']:.0f} s, final evaluation "
                    f"{r['final_eval_s']:.0f} s) |")
+    if "notebook" in m:
+        r = m["notebook"]
+        out.append(f"| the notebook, top to bottom (two runs of {r['steps']} steps) | {r['machine']} | "
+                   f"{r['dtype']} | {r['date']} | `{r['command']}` | {r['wall_s']:.0f} s |")
     for name, t in m["tests"].items():
         out.append(f"| the {name} test set: {t['passed']} passed"
                    + (f", {t['skipped']} skipped" if t["skipped"] else "") +
-                   f" | {t['machine']} | – | {t['date']} | `{t['command']}` | {t['wall_s']:.0f} s |")
+                   f" | {t['machine']}, {t['condition']} | – | {t['date']} | `{t['command']}` | "
+                   f"{t['wall_s']:.0f} s |")
     return "\n".join(out)
 
 
