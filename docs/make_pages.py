@@ -219,7 +219,13 @@ def question_runs(data: dict) -> tuple[dict, dict]:
     setting (the same commands), the others from the question's grid; and that grid."""
     grid = next((g for g in data.get("grids", []) if g["name"] == "critique or answer"), None)
     head = next(s for s in current(data) if s["kind"] == "bf16")
-    runs = {arm: head["runs"].get(arm, []) for arm in ("dr_grpo", "cg_gt")}
+    # a rerun of a headline run that reproduced its accuracies exactly lends it its mechanism
+    reruns = {(arm, r["seed"], r["test"], r["test_rephrased"]): r.get("mechanism", {})
+              for g in data.get("grids", []) for arm, rs in g["runs"].items() for r in rs}
+    runs = {arm: [dict(r, mechanism={**reruns.get((arm, r["seed"], r["test"],
+                                                   r["test_rephrased"]), {}),
+                                     **r.get("mechanism", {})})
+                  for r in head["runs"].get(arm, [])] for arm in ("dr_grpo", "cg_gt")}
     for arm, rs in (grid or {}).get("runs", {}).items():
         runs.setdefault(arm, []).extend(r for r in rs if r["seed"] not in
                                         {x["seed"] for x in runs.get(arm, [])})
