@@ -88,13 +88,15 @@ def values(data: dict) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # Blocks: NAME -> Markdown
 # ---------------------------------------------------------------------------------------------
+HEAD = ("| setting | set | seeds | step 0 | Critique-GRPO (`cg_gt`) | GRPO (`dr_grpo`) | "
+        "Δ [95 % CI] | verdict |\n|---|---|---|---|---|---|---|---|")
+
+
 def headline_block(data: dict) -> str:
     """The README's headline: the current defaults on each CPU kind, paired by seed."""
     sub = dict(data, settings=current(data))
     rows = report.headline_rows(sub)
-    lines = ["| setting | set | seeds | step 0 | Critique-GRPO (`cg_gt`) | GRPO (`dr_grpo`) | "
-             "Δ [95 % CI] | verdict |", "|---|---|---|---|---|---|---|---|"]
-    lines += report.headline_table_rows(rows)
+    lines = [HEAD, *report.headline_table_rows(rows)]
     gpu = "The GPU row waits for a GPU run at these defaults (the old-default H100 row is in " \
           "[docs/results.md](docs/results.md#history-the-old-defaults))."
     return "\n".join([*lines, "", report.wrap(report.paper_line(data)), "", report.wrap(gpu)])
@@ -109,7 +111,7 @@ BLOCKS = {"headline": headline_block, "default_run": default_run_block}
 
 
 # ---------------------------------------------------------------------------------------------
-# docs/results.md, whole
+# docs/results.md's blocks
 # ---------------------------------------------------------------------------------------------
 def seed_table(st: dict, arms: list[str]) -> list[str]:
     """One row per arm and seed: before -> after on each set, the wall where measured."""
@@ -129,9 +131,9 @@ def seed_table(st: dict, arms: list[str]) -> list[str]:
     return out
 
 
-def setting_section(data: dict, st: dict, level: str = "###") -> list[str]:
+def setting_section(data: dict, st: dict) -> list[str]:
     arms = list(st["runs"])
-    out = [f"{level} {st['name']}", "",
+    out = [f"### {st['name']}", "",
            report.wrap(f"{st['machine']}; {st['dtype']}; {st['date']}. Commands: " + "; ".join(
                f"`{arm}` `{cmd}`" for arm, cmd in st["commands"].items()) +
                f". Log: LOG.md, \"{st['log_section']}\"." + (f" {st['note']}." if st.get("note")
@@ -140,10 +142,6 @@ def setting_section(data: dict, st: dict, level: str = "###") -> list[str]:
     if st.get("walls"):
         out += ["", report.wrap(f"Walls: {st['walls']}.")]
     return out + [""]
-
-
-HEAD = ("| setting | set | seeds | step 0 | Critique-GRPO (`cg_gt`) | GRPO (`dr_grpo`) | "
-        "Δ [95 % CI] | verdict |\n|---|---|---|---|---|---|---|---|")
 
 
 def results_current(data: dict) -> str:
@@ -232,14 +230,24 @@ def question_runs(data: dict) -> tuple[dict, dict]:
     return runs, grid
 
 
-def paired(a: list[dict], b: list[dict], s: str, n: int) -> str:
-    """Mean paired difference a - b on set s over the seeds both have, with its t interval."""
+def paired_interval(a: list[dict], b: list[dict], s: str, n: int):
+    """(mean, lower, upper) of the paired difference a - b on set s over the seeds both have
+    (95 % t interval; nan bounds with one seed), or None when no seed is shared."""
     bb = {r["seed"]: r for r in b}
     d = [report.exact_pct(r[s], n) - report.exact_pct(bb[r["seed"]][s], n) for r in a
          if r["seed"] in bb]
     if not d:
-        return "–"
+        return None
     mean, _, lo, hi = report.t_interval(d)
+    return mean, lo, hi
+
+
+def paired(a: list[dict], b: list[dict], s: str, n: int) -> str:
+    """paired_interval as text: '+8.1 [-14.8, +31.0] not separable'."""
+    found = paired_interval(a, b, s, n)
+    if found is None:
+        return "–"
+    mean, lo, hi = found
     if math.isnan(lo):
         return f"{mean:+.1f} (1 seed)"
     return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}] {report.verdict(lo, hi)}"
@@ -320,8 +328,8 @@ def critique_verdict(data: dict) -> str:
     if not seeds["expert"]:
         return ("**Not answered yet:** the `expert` arm has no finished run in the results file, "
                 "so the critique cannot be told apart from a correct answer in the group.")
-    v = [paired(runs["cg_gt"], runs["expert"], s, q[s]).split("] ")[-1] for s in
-         report.HEADLINE_SETS]
+    v = [report.verdict(*paired_interval(runs["cg_gt"], runs["expert"], s, q[s])[1:])
+         for s in report.HEADLINE_SETS]
     sep = all(x in ("better", "worse") for x in v)
     return report.wrap(
         f"**The answer so far ({seeds['cg_gt']} seeds of `cg_gt`, {seeds['expert']} of `expert`, "
