@@ -3,7 +3,7 @@
     python report.py runs/grid                       # -> runs/grid/report/{report.md, curves.png, report.html}
     python report.py runs/grid_a runs/grid_b --ref dr_grpo --out runs/report
     python report.py --headline docs/results_seeds.json --plot docs/headline.png  # the headline
-    python report.py runs/grid --story docs/story.png   # the method in 3 panels (cg_gt, dr_grpo, cg_no_shaping)
+    python report.py runs/grid --story story.png   # the method in 3 panels (cg_gt, dr_grpo, cg_no_shaping)
 
 Table (one per held-out set): each arm's final accuracy as mean +- std over seeds, and its difference
 to the reference arm with a 95 % interval from a paired bootstrap: seeds and questions are resampled
@@ -313,29 +313,37 @@ def curves_figure(arms: dict):
     return fig
 
 
-STORY = [  # (metric, panel title, which arms: "cg" = the Critique-GRPO arm, "ref", "no_shaping")
+STORY = [  # (metric, panel title, y axis, which arms: "cg" = the Critique-GRPO arm, "ref",
+    #          "no_shaping")
     ("train/zero_adv_frac_after", "groups without a learning signal\n(zero advantage, after mixing)",
-     ("ref", "cg")),
-    ("train/reward", "training reward", ("ref", "cg")),
-    ("train/entropy", "policy entropy, with and without shaping f(p)", ("cg", "no_shaping")),
+     "share of the step's groups (0-1)", ("ref", "cg")),
+    ("train/reward", "training reward", "share of answers right (0-1)", ("ref", "cg")),
+    ("train/entropy", "policy entropy, with and without shaping f(p)", "nats per token",
+     ("cg", "no_shaping")),
+]
+SHAPING = [  # the collapse question (docs/critique_needed.md): shaping on ("cg") and off
+    ("train/entropy", "policy entropy", "nats per token", ("cg", "no_shaping")),
+    ("offpolicy/p", "refinement tokens: mean p under the policy", "probability (0-1)",
+     ("cg", "no_shaping")),
+    ("grad_norm", "gradient norm (before clipping)", "L2 norm", ("cg", "no_shaping")),
 ]
 
 
-def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
+def story_figure(arms: dict, cg: str, ref: str, no_shaping: str, panels=STORY):
     """The method in three panels, each seed a thin line and the mean over seeds bold: GRPO's
     all-wrong and all-right groups teach nothing (zero advantage), refinements give them a signal
     back (panel 1, before mixing dashed); the training reward (panel 2); the entropy of the policy
-    with shaping and without (panel 3)."""
+    with shaping and without (panel 3). panels=SHAPING draws the collapse question instead."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = {"cg": cg, "ref": ref, "no_shaping": no_shaping}
-    missing = sorted({names[r] for _, _, roles in STORY for r in roles} - set(arms))
+    missing = sorted({names[r] for *_, roles in panels for r in roles} - set(arms))
     if missing:
         raise SystemExit(f"error: --story needs the arms {', '.join(missing)}; the grids hold "
                          f"{', '.join(arms)} (--story_arms CG,REF,NO_SHAPING)")
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
-    for ax, (key, title, roles) in zip(axes, STORY):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
+    for ax, (key, title, ylabel, roles) in zip(axes, panels):
         for role in roles:
             arm = names[role]
             series = seed_series(arms[arm], key)
@@ -347,9 +355,38 @@ def story_figure(arms: dict, cg: str, ref: str, no_shaping: str):
                 ax.plot(*mean_curve(seed_series(arms[arm], "train/zero_adv_frac_before")),
                         color=arm_color(arm), lw=1.4, ls="--", label=f"{arm}, before mixing")
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def seed_dots_figure(runs: dict[str, list[dict]], sets: list[str], step0: dict[str, float]):
+    """Final held-out accuracy, one dot per seed (spread sideways by seed), per arm and set; the
+    mean over seeds a bar, the untrained model's accuracy a dashed line. runs: {arm: [{seed,
+    <set>: accuracy in %}]}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.4), sharey=True,
+                             squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        for a, (arm, rs) in enumerate(runs.items()):
+            for r in rs:
+                ax.plot(a + 0.06 * (r["seed"] - 2), r[s], "o", ms=5, color=arm_color(arm))
+            if rs:
+                ax.hlines(float(np.mean([r[s] for r in rs])), a - 0.3, a + 0.3,
+                          colors=arm_color(arm), lw=2.5)
+        ax.axhline(step0[s], color="0.35", ls="--", lw=1, label="step 0 (untrained)")
+        ax.set_xticks(range(len(runs)), list(runs), fontsize=8)
+        ax.set_title(f"{s}: one dot per seed, bar = mean", fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="y", color="0.92", lw=0.6)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel("final accuracy (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

@@ -293,18 +293,24 @@ def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expe
 
 def collapse_table(data: dict) -> str:
     """Shaping on (cg_gt) and off (cg_no_shaping), from the one grid that ran both, so that every
-    mechanism column is measured under the same conditions; with held-out accuracy."""
+    mechanism column is measured under the same conditions; with held-out accuracy, paired."""
     grid = next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
     if grid is None:
         return "`cg_no_shaping` has no finished run in the results file yet."
+    q = data["questions"]
     runs = {arm: grid["runs"].get(arm, []) for arm in ("cg_gt", "cg_no_shaping")}
-    acc = ["", "| arm | seeds | `test` | `test_rephrased` |", "|---|---|---|---|"]
+    acc = ["", "| arm | seeds | `test` | `test_rephrased` | Δ `test` | Δ `test_rephrased` |",
+           "|---|---|---|---|---|---|"]
     for arm, rs in runs.items():
-        acc.append(f"| `{arm}` | {', '.join(str(r['seed']) for r in rs)} | "
-                   + " | ".join(f"{sum(r[s] for r in rs) / len(rs):.1f}" if rs else "–"
-                                for s in report.HEADLINE_SETS) + " |")
-    return mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) + \
-        f"\n\nFrom the grid \"{grid['name']}\" ({grid['machine']}; {grid['date']})."
+        means = [f"{sum(r[s] for r in rs) / len(rs):.1f}" if rs else "–"
+                 for s in report.HEADLINE_SETS]
+        deltas = ["" if arm == "cg_gt" else paired(rs, runs["cg_gt"], s, q[s])
+                  for s in report.HEADLINE_SETS]
+        acc.append(f"| `{arm}` | {', '.join(str(r['seed']) for r in rs)} | " +
+                   " | ".join(means + deltas) + " |")
+    return (mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) +
+            "\n\nΔ: `cg_no_shaping` − `cg_gt`, paired by seed, 95 % t interval over seeds. From "
+            f"the grid \"{grid['name']}\" ({grid['machine']}; {grid['date']}).")
 
 
 def question_source(data: dict) -> str:
@@ -357,13 +363,16 @@ MECHANISM = {  # name: (metrics.jsonl key, weighted by): the means over a run's 
     "offpolicy_f": ("offpolicy/f_p", None),
     "clip_frac": ("train/clip_frac", None),
 }
+# the per-step values the figures draw (report.STORY and report.SHAPING), per run
+CURVES = ("train/zero_adv_frac_before", "train/zero_adv_frac_after", "train/reward",
+          "train/entropy", "offpolicy/p", "grad_norm")
 
 
 def collect(grid: Path) -> dict[str, list[dict]]:
     """Every finished run of an ablate.py grid: {arm: [{seed, command, test, test_rephrased, step0,
-    wall_s, mechanism}]}, accuracies in % to one decimal, as LOG.md writes them; the
+    wall_s, mechanism, curves}]}, accuracies in % to one decimal, as LOG.md writes them; the
     mechanism as the mean over training steps (refine_right weighted by refinements; a step with
-    nothing to average is left out)."""
+    nothing to average is left out); curves: CURVES at steps 1, 2, ... (None: nothing that step)."""
     out, g = {}, json.loads((grid / "grid.json").read_text())
     for done in sorted(grid.glob("*/seed*/DONE")):
         run = done.parent
@@ -387,9 +396,12 @@ def collect(grid: Path) -> dict[str, list[dict]]:
                    if key in m and not math.isnan(m[key]) and (not weight or m[weight])]
             if pts:
                 mech[name] = round(sum(v * w for v, w in pts) / sum(w for _, w in pts), 4)
+        curves = {key: [round(m[key], 4) if isinstance(m.get(key), (int, float)) and
+                        not math.isnan(m[key]) else None for m in steps] for key in CURVES}
         out.setdefault(run.parent.name, []).append({
             "seed": cfg["seed"], "command": cmd, **acc[cfg["max_steps"]], "step0": acc[0],
-            "wall_s": round(json.loads(done.read_text())["wall_s"]), "mechanism": mech})
+            "wall_s": round(json.loads(done.read_text())["wall_s"]), "mechanism": mech,
+            "curves": curves})
     return out
 
 
@@ -441,8 +453,36 @@ def render(path: Path, data: dict, vals: dict[str, str]) -> str:
     return fill(text, data, vals, str(path))
 
 
+def curve_grid(data: dict) -> dict | None:
+    """The grid whose runs of cg_gt, dr_grpo and cg_no_shaping all hold per-step curves."""
+    return next((g for g in data.get("grids", []) if all(
+        g["runs"].get(a) and all("curves" in r for r in g["runs"][a])
+        for a in ("cg_gt", "dr_grpo", "cg_no_shaping"))), None)
+
+
+def curve_arms(grid: dict) -> dict[str, dict[int, dict]]:
+    """A grid's curves as report.load_grid gives a grid directory: {arm: {seed: {"metrics"}}}."""
+    return {arm: {r["seed"]: {"metrics": [
+        {"step": i + 1, **{k: v[i] for k, v in r["curves"].items() if v[i] is not None}}
+        for i in range(len(next(iter(r["curves"].values()))))]} for r in rs}
+        for arm, rs in grid["runs"].items() if all("curves" in r for r in rs)}
+
+
 def figures(data: dict) -> dict[Path, bytes]:
-    return {ROOT / "docs" / "headline.png": report.headline_png(RESULTS)}
+    """Every figure the pages show, from the results file alone."""
+    out = {ROOT / "docs" / "headline.png": report.headline_png(RESULTS)}
+    runs, _ = question_runs(data)
+    arms = {a: runs[a] for a in ("dr_grpo", "cg_gt", "cg_indicative", "expert") if runs.get(a)}
+    step0 = next(s for s in current(data) if s["kind"] == "bf16")["step0"]
+    out[ROOT / "docs" / "critique_seeds.png"] = report.small_png(
+        report.seed_dots_figure(arms, report.HEADLINE_SETS, step0))
+    grid = curve_grid(data)
+    if grid:
+        arms = curve_arms(grid)
+        for name, panels in (("story.png", report.STORY), ("shaping.png", report.SHAPING)):
+            out[ROOT / "docs" / name] = report.small_png(report.story_figure(
+                arms, "cg_gt", "dr_grpo", "cg_no_shaping", panels=panels))
+    return out
 
 
 def main(argv=None) -> int:

@@ -86,3 +86,67 @@ def test_every_marked_value_is_the_results_file_s():
     for path in make_pages.pages():
         for m in make_pages.INLINE.finditer(path.read_text()):
             assert m["value"] == values[m["key"]], (path.name, m["key"])
+
+
+def hand_run(grid: Path, arm: str, seed: int, test: list[int], reph: list[int], steps: list[dict]):
+    """A finished run of 2 steps as train.py writes it: config, evaluations, metrics, DONE."""
+    run = grid / arm / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"seed": seed, "max_steps": 2}))
+    for step, (t, r) in ((0, ([0, 0], [0])), (2, (test, reph))):
+        (run / f"eval-{step}.jsonl").write_text("".join(
+            json.dumps({"set": s, "correct": bool(c)}) + "\n"
+            for s, cs in (("test", t), ("test_rephrased", r)) for c in cs))
+    metrics = [{"step": 0, "eval/accuracy": 0.0}] + [{"step": i + 1, "loss": 0.1, **m}
+                                                    for i, m in enumerate(steps)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (run / "DONE").write_text(json.dumps({"wall_s": 61.6}))
+
+
+def test_collect_transcribes_a_grid_and_its_curves_draw_the_figures(tmp_path):
+    """--collect: accuracies in %, the mechanism as means over steps (refinements right weighted by
+    their count), the curves step by step (None where a step logged NaN); the figures drawn from
+    the transcription have the means of what the runs logged."""
+    grid = tmp_path / "grid"
+    (grid).mkdir()
+    (grid / "grid.json").write_text(json.dumps({"arms": {"cg_no_shaping": "--gamma none"},
+                                                "common": "", "seeds": [0]}))
+    nan = float("nan")
+    hand_run(grid, "cg_gt", 0, [1, 0], [1], [
+        {"train/entropy": 0.8, "refine/reward": 0.5, "refine/count": 2, "offpolicy/p": 0.4},
+        {"train/entropy": 0.6, "refine/reward": 1.0, "refine/count": 6, "offpolicy/p": 0.6}])
+    hand_run(grid, "cg_no_shaping", 0, [1, 1], [0], [
+        {"train/entropy": 1.0, "refine/reward": nan, "refine/count": 0, "offpolicy/p": nan},
+        {"train/entropy": 1.4, "refine/reward": 0.25, "refine/count": 4, "offpolicy/p": 0.2}])
+    runs = make_pages.collect(grid)
+    cg, flat = runs["cg_gt"][0], runs["cg_no_shaping"][0]
+    assert (cg["test"], cg["test_rephrased"], cg["step0"]) == (50.0, 100.0,
+                                                               {"test": 0.0, "test_rephrased": 0.0})
+    assert cg["command"] == "python train.py --critique_type indicative_gt --seed 0"
+    assert flat["command"] == "python train.py --gamma none --seed 0" and cg["wall_s"] == 62
+    assert cg["mechanism"]["refine_right"] == pytest.approx((0.5 * 2 + 1.0 * 6) / 8)
+    assert cg["mechanism"]["entropy"] == pytest.approx(0.7)
+    assert flat["mechanism"]["refine_right"] == 0.25 and flat["mechanism"]["offpolicy_p"] == 0.2
+    assert flat["curves"]["offpolicy/p"] == [None, 0.2]
+    assert flat["curves"]["train/entropy"] == [1.0, 1.4]
+    assert "| `python train.py --gamma none --seed 0` | 0.0 → 100.0 | 0.0 → 0.0 | 62 s |" in \
+        make_pages.log_rows(runs)
+    arms = make_pages.curve_arms({"runs": runs})
+    fig = make_pages.report.story_figure(arms, "cg_gt", "dr_grpo", "cg_no_shaping",
+                                         panels=make_pages.report.SHAPING)
+    entropy, p, _ = fig.axes
+    means = {ln.get_label(): list(ln.get_ydata()) for ln in entropy.get_lines()}
+    assert means["cg_no_shaping (1 seed)"] == [1.0, 1.4] and means["cg_gt (1 seed)"] == [0.8, 0.6]
+    flat_p = next(ln for ln in p.get_lines() if ln.get_label() == "cg_no_shaping (1 seed)")
+    assert list(flat_p.get_xdata()) == [2] and list(flat_p.get_ydata()) == [0.2]
+    assert all(ax.get_ylabel() for ax in fig.axes)  # every y axis says its unit
+
+
+def test_seed_dots_draw_every_seed_and_the_mean():
+    runs = {"a": [{"seed": 0, "test": 10.0}, {"seed": 1, "test": 30.0}], "b": [{"seed": 0, "test": 5.0}]}
+    fig = make_pages.report.seed_dots_figure(runs, ["test"], {"test": 1.0})
+    ax = fig.axes[0]
+    dots = sorted(float(ln.get_ydata()[0]) for ln in ax.get_lines() if ln.get_marker() == "o")
+    assert dots == [5.0, 10.0, 30.0]
+    bars = sorted(seg[0][1] for c in ax.collections for seg in c.get_segments())
+    assert bars == [5.0, 20.0] and ax.get_ylabel() == "final accuracy (%)"
