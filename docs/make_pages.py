@@ -39,6 +39,11 @@ def current(data: dict) -> list[dict]:
     return [s for s in data["settings"] if s.get("defaults") == "current"]
 
 
+def sentence(note: str) -> str:
+    """A results-file note as a sentence: capital first, full stop last."""
+    return note[0].upper() + note[1:].rstrip(".") + "."
+
+
 def minutes(seconds: float) -> str:
     """268 -> '4½ min': a wall as a reader says it (to the half minute)."""
     halves = round(seconds / 30)
@@ -136,7 +141,7 @@ def setting_section(data: dict, st: dict) -> list[str]:
     out = [f"### {st['name']}", "",
            report.wrap(f"{st['machine']}; {st['dtype']}; {st['date']}. Commands: " + "; ".join(
                f"`{arm}` `{cmd}`" for arm, cmd in st["commands"].items()) +
-               f". Log: LOG.md, \"{st['log_section']}\"." + (f" {st['note']}." if st.get("note")
+               f". Log: LOG.md, \"{st['log_section']}\"." + (f" {sentence(st['note'])}" if st.get("note")
                                                             else "")), ""]
     out += seed_table(st, arms)
     if st.get("walls"):
@@ -291,10 +296,43 @@ def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expe
     return "\n".join(out)
 
 
+def shaping_grid(data: dict) -> dict | None:
+    """The one grid that ran cg_no_shaping, with the cg_gt runs it is compared to (the same grid,
+    so that every mechanism number is measured under the same conditions)."""
+    return next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
+
+
+def collapse_verdict(data: dict) -> str:
+    """The collapse question in one sentence: entropy and p without shaping minus with it,
+    paired by seed (means over each run's steps, as in the table)."""
+    grid = shaping_grid(data)
+    if grid is None:
+        return "**Not answered yet:** `cg_no_shaping` has no finished run in the results file."
+    on = {r["seed"]: r["mechanism"] for r in grid["runs"].get("cg_gt", [])}
+    off = {r["seed"]: r["mechanism"] for r in grid["runs"]["cg_no_shaping"]}
+    found = {}
+    for key in ("entropy", "offpolicy_p"):
+        d = [off[k][key] - on[k][key] for k in off if k in on and key in off[k] and key in on[k]]
+        found[key] = (len(d), *report.t_interval(d)) if d else None
+    if not all(found.values()):
+        return "**Not answered yet:** no seed ran both `cg_gt` and `cg_no_shaping`."
+    (n, de, _, elo, ehi), (_, dp, _, plo, phi) = found["entropy"], found["offpolicy_p"]
+    ve, vp = report.verdict(elo, ehi), report.verdict(plo, phi)
+    higher = {"better": "higher", "worse": "lower", "not separable": "not separable"}
+    shows = ve == "better" and vp == "worse"
+    return report.wrap(
+        f"**Shaping off against on ({n} seeds, paired):** the policy's entropy differs by "
+        f"{de:+.2f} nats [{elo:+.2f}, {ehi:+.2f}] ({higher.get(ve, ve)}), the refinement tokens' p "
+        f"by {dp:+.2f} [{plo:+.2f}, {phi:+.2f}] ({higher.get(vp, vp)}); " +
+        ("the collapse signature of the release's issue 6 (entropy up, p down) shows in these "
+         "runs." if shows else "the collapse signature of the release's issue 6 (entropy up and p down "
+         "together) does not show at this scale."))
+
+
 def collapse_table(data: dict) -> str:
-    """Shaping on (cg_gt) and off (cg_no_shaping), from the one grid that ran both, so that every
-    mechanism column is measured under the same conditions; with held-out accuracy, paired."""
-    grid = next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
+    """Shaping on (cg_gt) and off (cg_no_shaping), from shaping_grid; with held-out accuracy,
+    paired."""
+    grid = shaping_grid(data)
     if grid is None:
         return "`cg_no_shaping` has no finished run in the results file yet."
     q = data["questions"]
@@ -322,7 +360,14 @@ def question_source(data: dict) -> str:
         cmds = "; ".join(f"`{a}` `{c}`" for a, c in grid["commands"].items())
         lines.append(report.wrap(f"- The other arms: {grid['machine']}; {grid['dtype']}; "
                                  f"{grid['date']}; {cmds}; LOG.md, \"{grid['log_section']}\"."
-                                 + (f" {grid['note']}." if grid.get("note") else "")))
+                                 + (f" {sentence(grid['note'])}" if grid.get("note") else "")))
+    lenders = [g["name"] for g in data.get("grids", [])
+               if any(r in g["runs"] for r in ("cg_gt", "dr_grpo")) and g is not grid]
+    if lenders:
+        names = ", ".join(f'"{name}"' for name in lenders)
+        lines.append(report.wrap(f"- The mechanism numbers of `cg_gt` and `dr_grpo`: reruns of "
+                                 f"the same commands that reproduced each run's accuracies "
+                                 f"exactly (results.md, {names})."))
     return "\n".join(lines)
 
 
@@ -348,7 +393,8 @@ def critique_verdict(data: dict) -> str:
 
 BLOCKS.update(critique_table=critique_table, mechanism_table=mechanism_table,
               critique_verdict=critique_verdict,
-              collapse_table=collapse_table, question_source=question_source)
+              collapse_table=collapse_table, collapse_verdict=collapse_verdict,
+              question_source=question_source)
 
 
 # ---------------------------------------------------------------------------------------------
