@@ -3,7 +3,8 @@
     python report.py runs/grid                       # -> runs/grid/report/{report.md, curves.png, report.html}
     python report.py runs/grid_a runs/grid_b --ref dr_grpo --out runs/report
     python report.py --headline docs/results_seeds.json --plot docs/headline.png  # the headline
-    python report.py runs/grid --story story.png   # the method in 3 panels (cg_gt, dr_grpo, cg_no_shaping)
+    python report.py runs/grid --story story.png     # the method in 3 panels (cg_gt, dr_grpo,
+                                                     # cg_no_shaping)
 
 Table (one per held-out set): each arm's final accuracy as mean +- std over seeds, and its difference
 to the reference arm with a 95 % interval from a paired bootstrap: seeds and questions are resampled
@@ -342,8 +343,8 @@ def story_figure(arms: dict, cg: str, ref: str, no_shaping: str, panels=STORY):
     if missing:
         raise SystemExit(f"error: --story needs the arms {', '.join(missing)}; the grids hold "
                          f"{', '.join(arms)} (--story_arms CG,REF,NO_SHAPING)")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6))
-    for ax, (key, title, ylabel, roles) in zip(axes, panels):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, title, ylabel, roles) in zip(axes[0], panels):
         for role in roles:
             arm = names[role]
             series = seed_series(arms[arm], key)
@@ -374,8 +375,9 @@ def seed_dots_figure(runs: dict[str, list[dict]], sets: list[str], step0: dict[s
                              squeeze=False)
     for ax, s in zip(axes[0], sets):
         for a, (arm, rs) in enumerate(runs.items()):
-            for r in rs:
-                ax.plot(a + 0.06 * (r["seed"] - 2), r[s], "o", ms=5, color=arm_color(arm))
+            for i, r in enumerate(sorted(rs, key=lambda r: r["seed"])):  # spread by rank
+                x = a - 0.12 + 0.24 * i / (len(rs) - 1) if len(rs) > 1 else a
+                ax.plot(x, r[s], "o", ms=5, color=arm_color(arm))
             if rs:
                 ax.hlines(float(np.mean([r[s] for r in rs])), a - 0.3, a + 0.3,
                           colors=arm_color(arm), lw=2.5)

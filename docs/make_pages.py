@@ -141,8 +141,8 @@ def setting_section(data: dict, st: dict) -> list[str]:
     out = [f"### {st['name']}", "",
            report.wrap(f"{st['machine']}; {st['dtype']}; {st['date']}. Commands: " + "; ".join(
                f"`{arm}` `{cmd}`" for arm, cmd in st["commands"].items()) +
-               f". Log: LOG.md, \"{st['log_section']}\"." + (f" {sentence(st['note'])}" if st.get("note")
-                                                            else "")), ""]
+               f". Log: LOG.md, \"{st['log_section']}\"." +
+               (f" {sentence(st['note'])}" if st.get("note") else "")), ""]
     out += seed_table(st, arms)
     if st.get("walls"):
         out += ["", report.wrap(f"Walls: {st['walls']}.")]
@@ -208,7 +208,7 @@ QUESTION_ARMS = {  # what each arm puts into a group whose answers are all wrong
     "dr_grpo": "nothing (GRPO)",
     "cg_gt": "a refinement written after the critique \"incorrect, the ground truth is X\"",
     "cg_indicative": "a refinement written after the critique \"incorrect\" (no ground truth)",
-    "expert": "the reference solution, no critique, no refinement (LUFFY-style)",
+    "expert": "the reference solution, no critique, no refinement (as LUFFY mixes one in)",
     "cg_no_shaping": "as cg_gt, its tokens trained without the shaping f(p)",
 }
 MECH_COLUMNS = [("zero_adv_before", "groups without signal, before mixing"),
@@ -302,31 +302,56 @@ def shaping_grid(data: dict) -> dict | None:
     return next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
 
 
+def change(diffs: list[float], unit: str = "") -> tuple[str, str]:
+    """A 95 % t interval over seeds as text, and which way it points: ('+0.43 nats [+0.16,
+    +0.71]', 'up'), 'down', or 'no clear change' (an interval holding 0, or one seed)."""
+    mean, _, lo, hi = report.t_interval(diffs)
+    if math.isnan(lo):
+        return f"{mean:+.2f}{unit} (1 seed)", "no clear change"
+    way = "up" if lo > 0 else "down" if hi < 0 else "no clear change"
+    return f"{mean:+.2f}{unit} [{lo:+.2f}, {hi:+.2f}]", way
+
+
+def over_run(runs: list[dict], key: str) -> list[float]:
+    """Per run, the last logged value of a curve minus the first (steps without a value skipped)."""
+    out = []
+    for r in runs:
+        v = [x for x in r.get("curves", {}).get(key, []) if x is not None]
+        if v:
+            out.append(v[-1] - v[0])
+    return out
+
+
 def collapse_verdict(data: dict) -> str:
-    """The collapse question in one sentence: entropy and p without shaping minus with it,
-    paired by seed (means over each run's steps, as in the table)."""
+    """The collapse question in words: how entropy and p move over a run with shaping and
+    without, and how their means over the run differ, paired by seed (95 % t intervals)."""
     grid = shaping_grid(data)
     if grid is None:
         return "**Not answered yet:** `cg_no_shaping` has no finished run in the results file."
-    on = {r["seed"]: r["mechanism"] for r in grid["runs"].get("cg_gt", [])}
-    off = {r["seed"]: r["mechanism"] for r in grid["runs"]["cg_no_shaping"]}
-    found = {}
-    for key in ("entropy", "offpolicy_p"):
-        d = [off[k][key] - on[k][key] for k in off if k in on and key in off[k] and key in on[k]]
-        found[key] = (len(d), *report.t_interval(d)) if d else None
-    if not all(found.values()):
-        return "**Not answered yet:** no seed ran both `cg_gt` and `cg_no_shaping`."
-    (n, de, _, elo, ehi), (_, dp, _, plo, phi) = found["entropy"], found["offpolicy_p"]
-    ve, vp = report.verdict(elo, ehi), report.verdict(plo, phi)
-    higher = {"better": "higher", "worse": "lower", "not separable": "not separable"}
-    shows = ve == "better" and vp == "worse"
+    on, off = grid["runs"].get("cg_gt", []), grid["runs"]["cg_no_shaping"]
+    on_mech = {r["seed"]: r.get("mechanism", {}) for r in on}
+    paired_means = {key: [r["mechanism"][key] - on_mech[r["seed"]][key] for r in off
+                          if key in r.get("mechanism", {}) and key in on_mech.get(r["seed"], {})]
+                    for key in ("entropy", "offpolicy_p")}
+    if not all(paired_means.values()) or not over_run(off, "train/entropy"):
+        return "**Not answered yet:** no seed ran both `cg_gt` and `cg_no_shaping` with curves."
+    ent = {arm: change(over_run(rs, "train/entropy"), " nats") for arm, rs in (("off", off),
+                                                                               ("on", on))}
+    pp = {arm: change(over_run(rs, "offpolicy/p")) for arm, rs in (("off", off), ("on", on))}
+    d_ent, d_p = change(paired_means["entropy"], " nats"), change(paired_means["offpolicy_p"])
+    word = {"up": "higher", "down": "lower", "no clear change": "no clear difference"}
+    rises, falls = ent["off"][1] == "up", pp["off"][1] == "down"
+    end = ("The collapse signature of the release's issue 6, entropy rising while p falls, shows."
+           if rises and falls else "Half of the release's issue 6 signature shows: the entropy "
+           "rises, p does not fall." if rises else "The release's issue 6 signature (entropy "
+           "rising, p falling) does not show at this scale.")
     return report.wrap(
-        f"**Shaping off against on ({n} seeds, paired):** the policy's entropy differs by "
-        f"{de:+.2f} nats [{elo:+.2f}, {ehi:+.2f}] ({higher.get(ve, ve)}), the refinement tokens' p "
-        f"by {dp:+.2f} [{plo:+.2f}, {phi:+.2f}] ({higher.get(vp, vp)}); " +
-        ("the collapse signature of the release's issue 6 (entropy up, p down) shows in these "
-         "runs." if shows else "the collapse signature of the release's issue 6 (entropy up and p down "
-         "together) does not show at this scale."))
+        f"**Shaping off against on ({len(paired_means['entropy'])} seeds, 95 % t intervals over "
+        f"seeds).** Over a run, first step to last, the policy's entropy moves {ent['off'][0]} "
+        f"({ent['off'][1]}) without shaping and {ent['on'][0]} ({ent['on'][1]}) with it; the "
+        f"refinement tokens' p moves {pp['off'][0]} ({pp['off'][1]}) without and {pp['on'][0]} "
+        f"({pp['on'][1]}) with. Averaged over the run and paired by seed, entropy is "
+        f"{d_ent[0]} ({word[d_ent[1]]}) without shaping, p {d_p[0]} ({word[d_p[1]]}). " + end)
 
 
 def collapse_table(data: dict) -> str:
@@ -346,9 +371,10 @@ def collapse_table(data: dict) -> str:
                   for s in report.HEADLINE_SETS]
         acc.append(f"| `{arm}` | {', '.join(str(r['seed']) for r in rs)} | " +
                    " | ".join(means + deltas) + " |")
-    return (mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) +
-            "\n\nΔ: `cg_no_shaping` − `cg_gt`, paired by seed, 95 % t interval over seeds. From "
-            f"the grid \"{grid['name']}\" ({grid['machine']}; {grid['date']}).")
+    return (mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) + "\n\n" +
+            report.wrap("Δ: `cg_no_shaping` − `cg_gt`, paired by seed, 95 % t interval over "
+                        f"seeds. From the grid \"{grid['name']}\" ({grid['machine']}; "
+                        f"{grid['date']})."))
 
 
 def question_source(data: dict) -> str:
@@ -361,8 +387,12 @@ def question_source(data: dict) -> str:
         lines.append(report.wrap(f"- The other arms: {grid['machine']}; {grid['dtype']}; "
                                  f"{grid['date']}; {cmds}; LOG.md, \"{grid['log_section']}\"."
                                  + (f" {sentence(grid['note'])}" if grid.get("note") else "")))
-    lenders = [g["name"] for g in data.get("grids", [])
-               if any(r in g["runs"] for r in ("cg_gt", "dr_grpo")) and g is not grid]
+    # the grids whose reruns reproduced a headline run exactly (question_runs takes their numbers)
+    headline = {(arm, r["seed"], r["test"], r["test_rephrased"])
+                for arm in ("cg_gt", "dr_grpo") for r in head["runs"].get(arm, [])}
+    lenders = [g["name"] for g in data.get("grids", []) if any(
+        (arm, r["seed"], r["test"], r["test_rephrased"]) in headline
+        for arm in ("cg_gt", "dr_grpo") for r in g["runs"].get(arm, []))]
     if lenders:
         names = ", ".join(f'"{name}"' for name in lenders)
         lines.append(report.wrap(f"- The mechanism numbers of `cg_gt` and `dr_grpo`: reruns of "
@@ -409,6 +439,7 @@ MECHANISM = {  # name: (metrics.jsonl key, weighted by): the means over a run's 
     "offpolicy_f": ("offpolicy/f_p", None),
     "clip_frac": ("train/clip_frac", None),
 }
+UPDATE_TERMS = ("loss", "grad_norm", "train/entropy", "train/clip_frac", "train/entropy_initial")
 # the per-step values the figures draw (report.STORY and report.SHAPING), per run
 CURVES = ("train/zero_adv_frac_before", "train/zero_adv_frac_after", "train/reward",
           "train/entropy", "offpolicy/p", "grad_norm")
@@ -436,6 +467,9 @@ def collect(grid: Path) -> dict[str, list[dict]]:
                          for s in report.HEADLINE_SETS}
         steps = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                  if "loss" in m]
+        for m in steps:  # a baseline step that trained nothing (logged 0 before it was nan)
+            if m.get("baseline/examples") == 0:
+                m.update({k: float("nan") for k in UPDATE_TERMS if k in m})
         mech = {}
         for name, (key, weight) in MECHANISM.items():
             pts = [(m[key], m[weight] if weight else 1) for m in steps
@@ -507,11 +541,19 @@ def curve_grid(data: dict) -> dict | None:
 
 
 def curve_arms(grid: dict) -> dict[str, dict[int, dict]]:
-    """A grid's curves as report.load_grid gives a grid directory: {arm: {seed: {"metrics"}}}."""
-    return {arm: {r["seed"]: {"metrics": [
-        {"step": i + 1, **{k: v[i] for k, v in r["curves"].items() if v[i] is not None}}
-        for i in range(len(next(iter(r["curves"].values()))))]} for r in rs}
-        for arm, rs in grid["runs"].items() if all("curves" in r for r in rs)}
+    """A grid's curves as report.load_grid gives a grid directory: {arm: {seed: {"metrics"}}};
+    a run without curves is left out (curve_grid draws only grids whose runs all have them)."""
+    out = {}
+    for arm, rs in grid["runs"].items():
+        for r in rs:
+            curves = r.get("curves") or {}
+            steps = max(map(len, curves.values()), default=0)
+            if steps:
+                out.setdefault(arm, {})[r["seed"]] = {"metrics": [
+                    {"step": i + 1, **{k: v[i] for k, v in curves.items()
+                                       if i < len(v) and v[i] is not None}}
+                    for i in range(steps)]}
+    return out
 
 
 def figures(data: dict) -> dict[Path, bytes]:

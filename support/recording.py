@@ -86,6 +86,9 @@ def step_metrics(tot: Counter, sums: dict, cfg, compute_kl: bool) -> dict:
     def ratio(a, b):
         return tot[a] / tot[b] if tot[b] else float("nan")
     U = cfg.updates_per_batch
+    # a baseline step with nothing to train made no update: its update terms are nan, not 0
+    updated = cfg.baseline == "none" or tot["examples"] > 0
+    nan = float("nan")
     counts = ("refine/groups", "refine/truncated", "critic/fallbacks", "verify/timeouts",
               "critic/calls", "critic/tokens_in", "critic/tokens_out", "critic/transport_failures")
     return {
@@ -98,11 +101,12 @@ def step_metrics(tot: Counter, sums: dict, cfg, compute_kl: bool) -> dict:
         **{key: int(tot[key]) for key in counts},
         **{f"offpolicy/{name}": ratio(key, "off_tokens") for name, key in
            (("p", "off_p"), ("f_p", "off_f"), ("entropy", "off_entropy"))},
-        "train/entropy_initial": tot["on_entropy"] / max(tot["on_tokens"], 1),
-        "train/clip_frac": tot["on_clipped"] / max(tot["on_tokens"], 1),
-        "train/entropy": tot["entropy"] / U,
+        "train/entropy_initial": tot["on_entropy"] / max(tot["on_tokens"], 1) if updated else nan,
+        "train/clip_frac": tot["on_clipped"] / max(tot["on_tokens"], 1) if updated else nan,
+        "train/entropy": tot["entropy"] / U if updated else nan,
         "train/response_len": ratio("response_tokens", "samples"),
-        "loss": tot["loss"] / U, "grad_norm": sums["grad_norm"],
+        "loss": tot["loss"] / U if updated else nan,
+        "grad_norm": sums["grad_norm"] if updated else nan,
         "kl": tot["kl"] / U if compute_kl else float("nan"), "skipped_steps": sums["skipped"],
         **({"baseline/examples": int(tot["examples"]),
             "baseline/mean_len": ratio("example_tokens", "examples") if tot["examples"] else 0.0}

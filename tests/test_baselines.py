@@ -1,6 +1,7 @@
 """The supervised baselines (--baseline sft / raft / refine_ft / critique_ft): what each trains on, the
 token-mean NLL by hand, an empty step, and two-step runs on a tiny random model."""
 import json
+import math
 
 import pytest
 import torch
@@ -108,6 +109,8 @@ def test_an_empty_step_does_not_move_the_weights(tmp_path, tiny_model_dir, tiny_
     out, metrics = run(tmp_path, tiny_model_dir, tiny_data, "empty", "--max_steps", "1", "--baseline", "raft")
     step = next(m for m in metrics if "loss" in m)
     assert step["baseline/examples"] == 0 and step["skipped_steps"] == 1
+    # no update, so nothing to average: nan, not a 0 that would pull a run's means down
+    assert all(math.isnan(step[k]) for k in ("loss", "grad_norm", "train/entropy", "train/clip_frac"))
     lora_b = [v for k, v in load_file(out / "checkpoint-1" / "adapter_model.safetensors").items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() == 0 for v in lora_b)       # B starts at zero and stayed there
     state = torch.load(out / "checkpoint-1" / "trainer_state.pt", weights_only=False)

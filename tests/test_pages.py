@@ -108,7 +108,7 @@ def test_collect_transcribes_a_grid_and_its_curves_draw_the_figures(tmp_path):
     their count), the curves step by step (None where a step logged NaN); the figures drawn from
     the transcription have the means of what the runs logged."""
     grid = tmp_path / "grid"
-    (grid).mkdir()
+    grid.mkdir()
     (grid / "grid.json").write_text(json.dumps({"arms": {"cg_no_shaping": "--gamma none"},
                                                 "common": "", "seeds": [0]}))
     nan = float("nan")
@@ -143,10 +143,58 @@ def test_collect_transcribes_a_grid_and_its_curves_draw_the_figures(tmp_path):
 
 
 def test_seed_dots_draw_every_seed_and_the_mean():
-    runs = {"a": [{"seed": 0, "test": 10.0}, {"seed": 1, "test": 30.0}], "b": [{"seed": 0, "test": 5.0}]}
+    runs = {"a": [{"seed": 0, "test": 10.0}, {"seed": 1, "test": 30.0}],
+            "b": [{"seed": 0, "test": 5.0}]}
     fig = make_pages.report.seed_dots_figure(runs, ["test"], {"test": 1.0})
     ax = fig.axes[0]
     dots = sorted(float(ln.get_ydata()[0]) for ln in ax.get_lines() if ln.get_marker() == "o")
     assert dots == [5.0, 10.0, 30.0]
     bars = sorted(seg[0][1] for c in ax.collections for seg in c.get_segments())
     assert bars == [5.0, 20.0] and ax.get_ylabel() == "final accuracy (%)"
+
+
+def shaping_data(entropy_off: list[list[float]], p_off: list[list[float]]) -> dict:
+    """The results file with one grid of cg_gt and cg_no_shaping: cg_gt's entropy falls 0.8 ->
+    0.6 and its p rises 0.4 -> 0.6 on every seed; cg_no_shaping's curves are given per seed."""
+    def run(seed, ent, p):
+        return {"seed": seed, "test": 40.0, "test_rephrased": 30.0, "curves": {
+            "train/entropy": ent, "offpolicy/p": p}, "mechanism": {
+            "entropy": sum(ent) / len(ent), "offpolicy_p": sum(x for x in p if x is not None) /
+            sum(x is not None for x in p)}}
+    on = [run(k, [0.8, 0.7 - 0.01 * k, 0.6], [0.4, None, 0.6 + 0.01 * k]) for k in range(3)]
+    off = [run(k, e, p) for k, (e, p) in enumerate(zip(entropy_off, p_off))]
+    return dict(make_pages.load(), grids=[{"name": "g", "machine": "m", "date": "d",
+                                           "runs": {"cg_gt": on, "cg_no_shaping": off}}])
+
+
+def test_the_collapse_verdict_says_which_way_each_signal_moves():
+    """Entropy up and p down without shaping: the signature shows; entropy up alone: half of it;
+    neither: it does not show. The intervals are the t intervals of the per-seed changes."""
+    up = [[0.8, 1.0, 1.2], [0.8, 1.1, 1.3], [0.8, 0.9, 1.25]]           # +0.4, +0.5, +0.45
+    down = [[0.5, 0.4, 0.3], [0.5, None, 0.25], [0.5, 0.45, 0.32]]      # -0.2, -0.25, -0.18
+    flat = [[0.5, 0.5, 0.6], [0.5, 0.5, 0.4], [0.5, 0.5, 0.5]]          # +0.1, -0.1, 0
+    both = make_pages.collapse_verdict(shaping_data(up, down)).replace("\n", " ")
+    mean, _, lo, hi = make_pages.report.t_interval([0.4, 0.5, 0.45])
+    assert f"entropy moves {mean:+.2f} nats [{lo:+.2f}, {hi:+.2f}] (up) without shaping" in both
+    assert "(down) with it" in both and "entropy rising while p falls, shows" in both
+    half = make_pages.collapse_verdict(shaping_data(up, flat)).replace("\n", " ")
+    assert "+0.00 [" in half and "(no clear change) without" in half
+    assert "Half of the release's issue 6 signature shows" in half
+    none = make_pages.collapse_verdict(shaping_data(flat, flat)).replace("\n", " ")
+    assert "does not show at this scale" in none
+    assert "has no finished run" in make_pages.collapse_verdict(dict(make_pages.load(), grids=[]))
+
+
+def test_the_mechanism_is_lent_only_by_a_rerun_that_reproduced_the_headline_run():
+    data = make_pages.load()
+    head = next(s for s in make_pages.current(data) if s["kind"] == "bf16")
+    r = head["runs"]["dr_grpo"][0]
+    same = {"seed": r["seed"], "test": r["test"], "test_rephrased": r["test_rephrased"],
+            "mechanism": {"entropy": 0.123}}
+    other = dict(same, test=r["test"] + 0.1, mechanism={"entropy": 0.456})
+    for rerun, lent in ((same, True), (other, False)):
+        grids = [{"name": "reruns", "runs": {"dr_grpo": [rerun]}}]
+        runs, _ = make_pages.question_runs(dict(data, grids=grids))
+        got = next(x for x in runs["dr_grpo"] if x["seed"] == r["seed"])["mechanism"]
+        assert (got.get("entropy") == 0.123) == lent and got.get("entropy") != 0.456
+        assert ('"reruns"' in make_pages.question_source(dict(data, grids=grids))) == lent
