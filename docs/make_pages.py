@@ -299,7 +299,27 @@ def mechanism_table(data: dict, arms=("dr_grpo", "cg_gt", "cg_indicative", "expe
 def shaping_grid(data: dict) -> dict | None:
     """The one grid that ran cg_no_shaping, with the cg_gt runs it is compared to (the same grid,
     so that every mechanism number is measured under the same conditions)."""
-    return next((g for g in data.get("grids", []) if "cg_no_shaping" in g["runs"]), None)
+    return next((g for g in data.get("grids", [])
+                 if "cg_no_shaping" in g["runs"] and "cg_gt" in g["runs"]), None)
+
+
+def collapse_float32(data: dict) -> str:
+    """cg_no_shaping on the float32 stand-in, paired by seed with the float32 headline's cg_gt
+    (the same commands but for --gamma none), or '' where no such grid ran."""
+    grid = next((g for g in data.get("grids", []) if g.get("kind") == "float32"
+                 and "cg_no_shaping" in g["runs"]), None)
+    head = next((s for s in current(data) if s["kind"] == "float32"), None)
+    if grid is None or head is None:
+        return ""
+    q, off = data["questions"], grid["runs"]["cg_no_shaping"]
+    deltas = [paired(off, head["runs"]["cg_gt"], s, q[s]) for s in report.HEADLINE_SETS]
+    ent = change(over_run(off, "train/entropy"), " nats")
+    seeds = ", ".join(str(r["seed"]) for r in off)
+    return report.wrap(
+        f"On the float32 stand-in ({grid['machine']}; {grid['date']}), `cg_no_shaping` seeds "
+        f"{seeds} against the float32 headline's `cg_gt` runs of the same seeds: `test` "
+        f"{deltas[0]}, `test_rephrased` {deltas[1]}; over a run without shaping the entropy moves "
+        f"{ent[0]} ({ent[1]}).")
 
 
 def change(diffs: list[float], unit: str = "") -> tuple[str, str]:
@@ -371,10 +391,11 @@ def collapse_table(data: dict) -> str:
                   for s in report.HEADLINE_SETS]
         acc.append(f"| `{arm}` | {', '.join(str(r['seed']) for r in rs)} | " +
                    " | ".join(means + deltas) + " |")
+    f32 = collapse_float32(data)
     return (mechanism_table(data, arms=tuple(runs), runs=runs) + "\n" + "\n".join(acc) + "\n\n" +
             report.wrap("Δ: `cg_no_shaping` − `cg_gt`, paired by seed, 95 % t interval over "
                         f"seeds. From the grid \"{grid['name']}\" ({grid['machine']}; "
-                        f"{grid['date']})."))
+                        f"{grid['date']}).") + (f"\n\n{f32}" if f32 else ""))
 
 
 def question_source(data: dict) -> str:

@@ -198,3 +198,20 @@ def test_the_mechanism_is_lent_only_by_a_rerun_that_reproduced_the_headline_run(
         got = next(x for x in runs["dr_grpo"] if x["seed"] == r["seed"])["mechanism"]
         assert (got.get("entropy") == 0.123) == lent and got.get("entropy") != 0.456
         assert ('"reruns"' in make_pages.question_source(dict(data, grids=grids))) == lent
+
+
+def test_the_float32_check_pairs_no_shaping_with_the_float32_headline_runs():
+    data = make_pages.load()
+    assert make_pages.collapse_float32(dict(data, grids=[])) == ""
+    head = next(s for s in make_pages.current(data) if s["kind"] == "float32")
+    cg = {r["seed"]: r for r in head["runs"]["cg_gt"]}
+    off = [{"seed": k, "test": cg[k]["test"] - 10 * (k + 1),
+            "test_rephrased": cg[k]["test_rephrased"],
+            "curves": {"train/entropy": [0.8, 0.8 + 0.1 * (k + 1)]}} for k in (0, 1)]
+    grid = {"name": "f", "kind": "float32", "machine": "m", "date": "d",
+            "runs": {"cg_no_shaping": off}}
+    text = make_pages.collapse_float32(dict(data, grids=[grid])).replace("\n", " ")
+    mean, _, lo, hi = make_pages.report.t_interval([-10.0, -20.0])
+    assert f"`test` {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] not separable" in text
+    assert "`test_rephrased` +0.0 [" in text and "seeds 0, 1 against" in text
+    assert "entropy moves +0.15 nats [" in text
