@@ -179,7 +179,8 @@ def walls(data: dict) -> str:
                    f"{r['final_eval_s']:.0f} s) |")
     if "notebook" in m:
         r = m["notebook"]
-        out.append(f"| the notebook, top to bottom (two runs of {r['steps']} steps) | {r['machine']} | "
+        out.append(f"| the notebook, top to bottom (two runs of {r['steps']} steps) | "
+                   f"{r['machine']} | "
                    f"{r['dtype']} | {r['date']} | `{r['command']}` | {r['wall_s']:.0f} s |")
     for name, t in m["tests"].items():
         out.append(f"| the {name} test set: {t['passed']} passed"
@@ -360,16 +361,17 @@ def collapse_verdict(data: dict) -> str:
     pp = {arm: change(over_run(rs, "offpolicy/p")) for arm, rs in (("off", off), ("on", on))}
     d_ent, d_p = change(paired_means["entropy"], " nats"), change(paired_means["offpolicy_p"])
     word = {"up": "higher", "down": "lower", "no clear change": "no clear difference"}
+    kind = f"{grid['kind']}, " if "kind" in grid else ""
     rises, falls = ent["off"][1] == "up", pp["off"][1] == "down"
     end = ("The collapse signature of the release's issue 6, entropy rising while p falls, shows."
            if rises and falls else "Half of the release's issue 6 signature shows: the entropy "
            "rises, p does not fall." if rises else "The release's issue 6 signature (entropy "
            "rising, p falling) does not show at this scale.")
     return report.wrap(
-        f"**Shaping off against on ({len(paired_means['entropy'])} seeds, 95 % t intervals over "
-        f"seeds).** Over a run, first step to last, the policy's entropy moves {ent['off'][0]} "
-        f"({ent['off'][1]}) without shaping and {ent['on'][0]} ({ent['on'][1]}) with it; the "
-        f"refinement tokens' p moves {pp['off'][0]} ({pp['off'][1]}) without and {pp['on'][0]} "
+        f"**Shaping off against on ({len(paired_means['entropy'])} seeds, {kind}95 % t "
+        "intervals over seeds).** Over a run, first step to last, the policy's entropy moves "
+        f"{ent['off'][0]} ({ent['off'][1]}) without shaping and {ent['on'][0]} "
+        f"({ent['on'][1]}) with it; the refinement tokens' p moves {pp['off'][0]} ({pp['off'][1]}) without and {pp['on'][0]} "
         f"({pp['on'][1]}) with. Averaged over the run and paired by seed, entropy is "
         f"{d_ent[0]} ({word[d_ent[1]]}) without shaping, p {d_p[0]} ({word[d_p[1]]}). " + end)
 
