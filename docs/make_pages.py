@@ -371,7 +371,8 @@ def collapse_verdict(data: dict) -> str:
         f"**Shaping off against on ({len(paired_means['entropy'])} seeds, {kind}95 % t "
         "intervals over seeds).** Over a run, first step to last, the policy's entropy moves "
         f"{ent['off'][0]} ({ent['off'][1]}) without shaping and {ent['on'][0]} "
-        f"({ent['on'][1]}) with it; the refinement tokens' p moves {pp['off'][0]} ({pp['off'][1]}) without and {pp['on'][0]} "
+        f"({ent['on'][1]}) with it; the refinement tokens' p moves {pp['off'][0]} "
+        f"({pp['off'][1]}) without and {pp['on'][0]} "
         f"({pp['on'][1]}) with. Averaged over the run and paired by seed, entropy is "
         f"{d_ent[0]} ({word[d_ent[1]]}) without shaping, p {d_p[0]} ({word[d_p[1]]}). " + end)
 
