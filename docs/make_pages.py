@@ -39,6 +39,11 @@ def current(data: dict) -> list[dict]:
     return [s for s in data["settings"] if s.get("defaults") == "current"]
 
 
+def current_setting(data: dict, kind: str) -> dict | None:
+    """The current-defaults setting of one CPU kind (bf16 / float32), or None."""
+    return next((s for s in current(data) if s["kind"] == kind), None)
+
+
 def sentence(note: str) -> str:
     """A results-file note as a sentence: capital first, full stop last."""
     return note[0].upper() + note[1:].rstrip(".") + "."
@@ -218,18 +223,27 @@ MECH_COLUMNS = [("zero_adv_before", "groups without signal, before mixing"),
                 ("offpolicy_f", "f(p)")]
 
 
+def lenders(data: dict) -> dict[tuple, tuple[str, dict]]:
+    """A rerun of a headline run that reproduced its accuracies exactly lends it its mechanism:
+    {(arm, seed, test, test_rephrased) of a bf16 headline run: (the grid's name, its mechanism)}
+    (a later grid's rerun wins)."""
+    head = current_setting(data, "bf16")
+    key = lambda arm, r: (arm, r["seed"], r["test"], r["test_rephrased"])  # noqa: E731
+    wanted = {key(arm, r) for arm in ("cg_gt", "dr_grpo") for r in head["runs"].get(arm, [])}
+    return {key(arm, r): (g["name"], r.get("mechanism", {})) for g in data.get("grids", [])
+            for arm, rs in g["runs"].items() for r in rs if key(arm, r) in wanted}
+
+
 def question_runs(data: dict) -> tuple[dict, dict]:
     """{arm: [runs]} for the question's arms: cg_gt and dr_grpo from the current bf16 headline
-    setting (the same commands), the others from the question's grid; and that grid."""
+    setting (the same commands), with the mechanism their reruns lend; the others from the
+    question's grid; and that grid."""
     grid = next((g for g in data.get("grids", []) if g["name"] == "critique or answer"), None)
-    head = next(s for s in current(data) if s["kind"] == "bf16")
-    # a rerun of a headline run that reproduced its accuracies exactly lends it its mechanism
-    reruns = {(arm, r["seed"], r["test"], r["test_rephrased"]): r.get("mechanism", {})
-              for g in data.get("grids", []) for arm, rs in g["runs"].items() for r in rs}
-    runs = {arm: [dict(r, mechanism={**reruns.get((arm, r["seed"], r["test"],
-                                                   r["test_rephrased"]), {}),
-                                     **r.get("mechanism", {})})
-                  for r in head["runs"].get(arm, [])] for arm in ("dr_grpo", "cg_gt")}
+    lent = lenders(data)
+    runs = {arm: [dict(r, mechanism={**lent.get((arm, r["seed"], r["test"], r["test_rephrased"]),
+                                                (None, {}))[1], **r.get("mechanism", {})})
+                  for r in current_setting(data, "bf16")["runs"].get(arm, [])]
+            for arm in ("dr_grpo", "cg_gt")}
     for arm, rs in (grid or {}).get("runs", {}).items():
         runs.setdefault(arm, []).extend(r for r in rs if r["seed"] not in
                                         {x["seed"] for x in runs.get(arm, [])})
@@ -309,7 +323,7 @@ def collapse_float32(data: dict) -> str:
     (the same commands but for --gamma none), or '' where no such grid ran."""
     grid = next((g for g in data.get("grids", []) if g.get("kind") == "float32"
                  and "cg_no_shaping" in g["runs"]), None)
-    head = next((s for s in current(data) if s["kind"] == "float32"), None)
+    head = current_setting(data, "float32")
     if grid is None or head is None:
         return ""
     q, off = data["questions"], grid["runs"]["cg_no_shaping"]
@@ -403,7 +417,7 @@ def collapse_table(data: dict) -> str:
 
 def question_source(data: dict) -> str:
     _, grid = question_runs(data)
-    head = next(s for s in current(data) if s["kind"] == "bf16")
+    head = current_setting(data, "bf16")
     lines = [report.wrap(f"- `cg_gt`, `dr_grpo`: the headline's runs ({head['machine']}; "
                          f"{head['dtype']}; {head['date']}; LOG.md, \"{head['log_section']}\").")]
     if grid:
@@ -411,14 +425,8 @@ def question_source(data: dict) -> str:
         lines.append(report.wrap(f"- The other arms: {grid['machine']}; {grid['dtype']}; "
                                  f"{grid['date']}; {cmds}; LOG.md, \"{grid['log_section']}\"."
                                  + (f" {sentence(grid['note'])}" if grid.get("note") else "")))
-    # the grids whose reruns reproduced a headline run exactly (question_runs takes their numbers)
-    headline = {(arm, r["seed"], r["test"], r["test_rephrased"])
-                for arm in ("cg_gt", "dr_grpo") for r in head["runs"].get(arm, [])}
-    lenders = [g["name"] for g in data.get("grids", []) if any(
-        (arm, r["seed"], r["test"], r["test_rephrased"]) in headline
-        for arm in ("cg_gt", "dr_grpo") for r in g["runs"].get(arm, []))]
-    if lenders:
-        names = ", ".join(f'"{name}"' for name in lenders)
+    names = ", ".join(f'"{name}"' for name in dict.fromkeys(n for n, _ in lenders(data).values()))
+    if names:
         lines.append(report.wrap(f"- The mechanism numbers of `cg_gt` and `dr_grpo`: reruns of "
                                  f"the same commands that reproduced each run's accuracies "
                                  f"exactly (results.md, {names})."))
@@ -585,7 +593,7 @@ def figures(data: dict) -> dict[Path, bytes]:
     out = {ROOT / "docs" / "headline.png": report.headline_png(RESULTS)}
     runs, _ = question_runs(data)
     arms = {a: runs[a] for a in ("dr_grpo", "cg_gt", "cg_indicative", "expert") if runs.get(a)}
-    step0 = next(s for s in current(data) if s["kind"] == "bf16")["step0"]
+    step0 = current_setting(data, "bf16")["step0"]
     out[ROOT / "docs" / "critique_seeds.png"] = report.small_png(
         report.seed_dots_figure(arms, report.HEADLINE_SETS, step0))
     grid = curve_grid(data)

@@ -187,7 +187,7 @@ def test_the_collapse_verdict_says_which_way_each_signal_moves():
 
 def test_the_mechanism_is_lent_only_by_a_rerun_that_reproduced_the_headline_run():
     data = make_pages.load()
-    head = next(s for s in make_pages.current(data) if s["kind"] == "bf16")
+    head = make_pages.current_setting(data, "bf16")
     r = head["runs"]["dr_grpo"][0]
     same = {"seed": r["seed"], "test": r["test"], "test_rephrased": r["test_rephrased"],
             "mechanism": {"entropy": 0.123}}
@@ -203,7 +203,7 @@ def test_the_mechanism_is_lent_only_by_a_rerun_that_reproduced_the_headline_run(
 def test_the_float32_check_pairs_no_shaping_with_the_float32_headline_runs():
     data = make_pages.load()
     assert make_pages.collapse_float32(dict(data, grids=[])) == ""
-    head = next(s for s in make_pages.current(data) if s["kind"] == "float32")
+    head = make_pages.current_setting(data, "float32")
     cg = {r["seed"]: r for r in head["runs"]["cg_gt"]}
     off = [{"seed": k, "test": cg[k]["test"] - 10 * (k + 1),
             "test_rephrased": cg[k]["test_rephrased"],
